@@ -1,0 +1,3 @@
+from dtrl.cli import main
+
+main()

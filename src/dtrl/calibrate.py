@@ -1,0 +1,73 @@
+"""Return calibration: how closely the achieved return follows the target.
+
+A Decision Transformer is asked for a return. Sweeping the target from 0 to
+1.2x the best return in its dataset and recording what it achieves shows where
+conditioning works and where it saturates (figure 4 of the paper).
+``calibration.json`` holds the sweep; ``dtrl plot`` draws it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from dtrl.data.episodes import EpisodeDataset, atomic_write
+from dtrl.errors import DtrlError
+from dtrl.evaluate import evaluate
+from dtrl.plot import CALIBRATION_FILE
+from dtrl.policy import DecisionTransformerPolicy
+from dtrl.runs import training_config
+from dtrl.train import open_dataset
+
+__all__ = ["CALIBRATION_FILE", "calibrate", "calibration_targets", "dataset_of", "write_calibration"]
+
+
+def calibration_targets(best: float, worst: float, points: int) -> list[float]:
+    """``points`` targets from 0 to 1.2x the best return; from the worst return when returns are negative."""
+    if points < 2:
+        raise DtrlError(f"--points {points}: a calibration sweep needs at least 2 targets")
+    low = 0.0 if best > 0 else worst
+    return [float(x) for x in np.linspace(low, best + 0.2 * abs(best), points)]
+
+
+def dataset_of(path: str | Path, dataset: str | None = None) -> EpisodeDataset:
+    """The dataset a policy was trained on: ``dataset`` if given, else the one in its training config."""
+    if not dataset:
+        config = training_config(path)
+        dataset = config.dataset if config is not None else None
+    if not dataset:
+        raise DtrlError(f"{path} records no training config, so its dataset is unknown: pass --dataset PATH")
+    return open_dataset(dataset)
+
+
+def calibrate(
+    policy: DecisionTransformerPolicy,
+    env_id: str,
+    dataset: EpisodeDataset,
+    points: int = 10,
+    episodes: int = 10,
+    seed: int = 0,
+    on_step: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Evaluate at ``points`` targets across the dataset's range of returns, all episodes at once."""
+    best, worst = float(dataset.episode_returns.max()), float(dataset.episode_returns.min())
+    targets = calibration_targets(best, worst, points)
+    results = evaluate(policy, env_id, targets, episodes, seed, on_step)
+    return {
+        "env_id": env_id,
+        "dataset": dataset.name,
+        "dataset_best_return": best,
+        "dataset_worst_return": worst,
+        "step": policy.spec.step,
+        "episodes": episodes,
+        "seed": seed,
+        "results": [r.to_dict() for r in results],
+    }
+
+
+def write_calibration(report: dict[str, Any], path: Path) -> None:
+    text = json.dumps(report, indent=2).encode()
+    atomic_write(path, lambda f: f.write(text))

@@ -1,0 +1,274 @@
+"""Every hyperparameter, as documented fields of two dataclasses.
+
+``ModelConfig`` describes the network and travels inside every checkpoint;
+``TrainConfig`` describes a training run and is written, resolved, into the
+run directory. Defaults are the paper's D4RL gym settings (Chen et al. 2021,
+appendix A). Configs come from YAML files plus ``key=value`` overrides
+(``model.n_layer=2 steps=500``); unknown keys, wrong types and out-of-range
+values are rejected with a message naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from dtrl.errors import DtrlError
+
+
+@dataclass
+class ModelConfig:
+    """The Decision Transformer's shape. Sizes of the data are filled in from the dataset."""
+
+    observation_dim: int = 0
+    """Size of the flat observation vector (set from the dataset)."""
+    action_dim: int = 0
+    """Continuous: action vector size; discrete: number of actions (set from the dataset)."""
+    discrete: bool = False
+    """Discrete actions: embedding input and a logits head trained with cross-entropy."""
+    action_tanh: bool = True
+    """Continuous actions: squash predictions with tanh into the normalised [-1, 1] box."""
+    context_length: int = 20
+    """K: timesteps the model sees (3K tokens)."""
+    max_episode_length: int = 1000
+    """Size of the learned timestep embedding; later timesteps reuse the last entry."""
+    n_layer: int = 3
+    n_head: int = 1
+    n_embd: int = 128
+    mlp_ratio: int = 4
+    """Hidden width of each block's MLP, as a multiple of n_embd."""
+    activation: str = "relu"
+    """MLP activation: relu (the paper's gym setting) or gelu."""
+    dropout: float = 0.1
+    condition_on_return: bool = True
+    """False drops the return-to-go tokens: behaviour cloning with the same transformer (the BC baseline)."""
+    activation_checkpointing: bool = False
+    """Recompute each block's activations in the backward pass (torch.utils.checkpoint): far less
+    activation memory for large models, at the cost of about one more forward pass per step."""
+
+    def validate(self) -> None:
+        _positive(self, "context_length", "max_episode_length", "n_layer", "n_head", "n_embd", "mlp_ratio")
+        if self.n_embd % self.n_head:
+            raise DtrlError(f"model.n_embd={self.n_embd} must be divisible by model.n_head={self.n_head}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise DtrlError(f"model.dropout={self.dropout} must lie in [0, 1)")
+        if self.activation not in ("relu", "gelu"):
+            raise DtrlError(f"model.activation={self.activation!r}: choose 'relu' or 'gelu'")
+
+
+@dataclass
+class TrainConfig:
+    """A training run: data, optimisation, logging and evaluation."""
+
+    dataset: str = ""
+    """Dataset to train on: a .npz (dtrl), .hdf5 (D4RL) file, a Minari directory or id, or 'quickstart'."""
+    env: str = ""
+    """Gymnasium id for evaluation; empty means the dataset's recorded env."""
+    out_dir: str = "runs/dt"
+    """Run directory: resolved config, metrics, TensorBoard logs and checkpoints."""
+    seed: int = 0
+    device: str = "auto"
+    """'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'."""
+    num_threads: int = 0
+    """CPU threads for torch; 0 keeps torch's default."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    top_fraction: float = 1.0
+    """Train on this fraction of episodes, highest returns first (0.1 with model.condition_on_return=false: %BC)."""
+    reward_scale: float = 1000.0
+    """Returns-to-go are divided by this inside the model (1000 for gym, 1 for Atari)."""
+    batch_size: int = 64
+    steps: int = 100_000
+    """Gradient steps."""
+    learning_rate: float = 1e-4
+    weight_decay: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = 10_000
+    """Linear learning-rate warm-up from 0; constant afterwards, as in the paper."""
+    grad_clip: float = 0.25
+    """Clip the gradient's global norm; 0 disables."""
+    log_every: int = 100
+    checkpoint_every: int = 10_000
+    keep_checkpoints: int = 2
+    """How many of the newest checkpoints to keep on disk."""
+    eval_every: int = 0
+    """Evaluate in the environment every N steps (0: only at the end)."""
+    eval_episodes: int = 10
+    target_returns: list[float] = field(default_factory=list)
+    """Targets to evaluate at; empty: the best return in the dataset."""
+    wandb: bool = False
+    """Also log metrics to Weights & Biases (needs `pip install wandb`; WANDB_PROJECT, WANDB_MODE etc. apply)."""
+
+    def validate(self) -> None:
+        self.model.validate()
+        _positive(self, "batch_size", "steps", "log_every", "checkpoint_every", "keep_checkpoints", "eval_episodes")
+        for name in ("learning_rate", "reward_scale"):
+            if not getattr(self, name) > 0:
+                raise DtrlError(f"{name}={getattr(self, name)} must be > 0")
+        if not 0.0 < self.top_fraction <= 1.0:
+            raise DtrlError(f"top_fraction={self.top_fraction} must lie in (0, 1]")
+        for name in ("weight_decay", "warmup_steps", "grad_clip", "eval_every", "num_threads"):
+            if getattr(self, name) < 0:
+                raise DtrlError(f"{name}={getattr(self, name)} must be >= 0")
+
+
+def _positive(obj: Any, *names: str) -> None:
+    prefix = "model." if isinstance(obj, ModelConfig) else ""
+    for name in names:
+        if getattr(obj, name) <= 0:
+            raise DtrlError(f"{prefix}{name}={getattr(obj, name)} must be a positive integer")
+
+
+# --------------------------------------------------------------------------- building
+def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from a nested dict, checking every key and type."""
+    if not isinstance(data, dict):
+        section = prefix.rstrip(".")
+        raise DtrlError(
+            f"config section {section} must be a mapping of keys, got {data!r}: write e.g. {section}.KEY=VALUE"
+            if section
+            else f"the config must be a mapping of keys, got {data!r}: write KEY: VALUE lines"
+        )
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        if key not in names:
+            close = difflib.get_close_matches(key, names, n=1)
+            hint = f" (did you mean {prefix}{close[0]}?)" if close else f"; valid keys: {', '.join(names)}"
+            raise DtrlError(f"unknown config key '{prefix}{key}'{hint}")
+        kwargs[key] = _coerce(hints[key], value, f"{prefix}{key}")
+    return cls(**kwargs)
+
+
+def _coerce(tp: Any, value: Any, key: str) -> Any:
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value or {}, prefix=f"{key}.")
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for arg in typing.get_args(tp):
+            try:
+                return _coerce(arg, value, key)
+            except DtrlError as e:
+                errors.append(str(e))
+        raise DtrlError(errors[0])
+    if tp is type(None):
+        if value is None:
+            return None
+    elif origin in (list, tuple):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise DtrlError(f"config key {key} expects a list, got {value!r}")
+        args = typing.get_args(tp)
+        if origin is tuple:
+            if len(args) != len(value):
+                raise DtrlError(f"config key {key} expects {len(args)} values, got {len(value)}")
+            return tuple(_coerce(a, v, key) for a, v in zip(args, value))
+        return [_coerce(args[0], v, key) for v in value]
+    elif tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "3e-4" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+    raise DtrlError(f"config key {key} expects {getattr(tp, '__name__', tp)}, got {value!r}")
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    d = dataclasses.asdict(cfg)
+    if "betas" in d:
+        d["betas"] = list(d["betas"])
+    return d
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """Turn ``["model.n_layer=2", "steps=500"]`` into a nested dict (values parsed as YAML)."""
+    out: dict[str, Any] = {}
+    for item in overrides:
+        if "=" not in item:
+            raise DtrlError(f"override {item!r} is not of the form key=value (e.g. model.n_layer=2)")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            value = raw
+        node = out
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return out
+
+
+def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+ENV_PREFIX = "DTRL_"
+
+
+def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    """Settings from ``DTRL_*`` variables: ``DTRL_DEVICE=cpu``, ``DTRL_MODEL__N_LAYER=2`` (``__`` nests).
+
+    Lets a machine or a CI job set defaults (device, threads) once for every
+    command without editing config files; values are parsed as YAML, like overrides.
+    """
+    out: dict[str, Any] = {}
+    for name in sorted(environ):
+        if not name.startswith(ENV_PREFIX):
+            continue
+        key = name[len(ENV_PREFIX) :].lower().replace("__", ".")
+        layer = parse_overrides([f"{key}={environ[name]}"])
+        try:
+            from_dict(TrainConfig, layer)
+        except DtrlError as e:
+            raise DtrlError(f"environment variable {name}: {e}; fix or unset it") from None
+        out = merge(out, layer)
+    return out
+
+
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | None = None, environ: Mapping[str, str] | None = None
+) -> TrainConfig:
+    """Config precedence: defaults < YAML file < ``DTRL_*`` environment variables < overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise DtrlError(f"config file {path} does not exist: give a YAML file (see configs/)")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise DtrlError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+        if not isinstance(data, dict):
+            raise DtrlError(f"config file {path} holds a {type(data).__name__}, not a mapping: write KEY: VALUE lines")
+    data = merge(data, env_overrides(os.environ if environ is None else environ))
+    data = merge(data, parse_overrides(overrides or []))
+    cfg = from_dict(TrainConfig, data)
+    cfg.validate()
+    return cfg

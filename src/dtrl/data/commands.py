@@ -1,0 +1,166 @@
+"""``dtrl data collect | export | list`` and the rows of ``dtrl data info``.
+
+Kept apart from :mod:`dtrl.cli` so the data tooling grows here; :func:`register`
+adds the commands to the ``data`` sub-app. Heavy imports happen inside the
+commands so ``dtrl --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from dtrl.errors import DtrlError
+
+EXPORT_FORMATS = ("d4rl", "minari", "npz")
+
+
+def info_rows(dataset: Any) -> list[tuple[str, str]]:
+    """What ``dtrl data info`` prints: the summary, reference scores and, for collected datasets, provenance."""
+    from dtrl.envs import normalized_score
+
+    rows = [(k, f"{v:.2f}" if isinstance(v, float) else str(v)) for k, v in dataset.summary().items()]
+    ref = dataset.ref_scores
+    if "random" in ref and "expert" in ref:
+        rows.append(("ref_scores", f"random {ref['random']:.2f}, expert {ref['expert']:.2f}"))
+        rows.append(("normalised_score_mean", f"{normalized_score(float(dataset.episode_returns.mean()), ref):.1f}"))
+    else:
+        rows.append(("ref_scores", "none recorded (dtrl eval falls back to D4RL's for hopper, halfcheetah, walker2d)"))
+    meta = dataset.metadata
+    protocol = meta.get("protocol")
+    if protocol:
+        rows += [
+            ("made_by", f"{meta.get('made_by')} ({meta.get('kind')})"),
+            ("command", str(meta.get("command"))),
+            ("behaviour_agent", f"{meta['algorithm']['name']} ({meta['algorithm']['library']}), "
+             f"{protocol['agent_steps']} steps, seed {protocol['seed']}, {protocol['n_envs']} envs"),
+            ("snapshots", f"expert at {meta.get('expert_steps')} steps, medium at {meta.get('medium_steps')} steps"),
+            ("versions", ", ".join(f"{k} {v}" for k, v in meta.get("versions", {}).items())),
+            ("wall_time_s", str(meta.get("wall_time_s"))),
+        ]
+    elif meta.get("made_by") or meta.get("source"):
+        rows.append(("provenance", str(meta.get("made_by") or meta.get("source"))))
+    return rows
+
+
+def collect(
+    env_id: str = typer.Argument(..., help="Gymnasium id, e.g. Hopper-v5, Walker2d-v5, HalfCheetah-v5."),
+    kinds: str = typer.Option(
+        "random,medium,medium-replay,expert,medium-expert", "--kinds", help="Comma-separated dataset kinds."
+    ),
+    transitions: int = typer.Option(1_000_000, "--transitions", min=1, help="Transitions per recorded dataset."),
+    seed: int = typer.Option(0, "--seed", help="Everything derives from it: agent, rollouts, reference scores."),
+    agent_steps: int = typer.Option(1_000_000, "--agent-steps", min=1, help="Env steps to train the behaviour agent."),
+    cache_dir: Optional[Path] = typer.Option(
+        None, "--cache-dir", "--out", help="Where datasets and agents go (default: $DTRL_DATA_DIR or the user data dir)."
+    ),
+    max_episode_steps: int = typer.Option(1000, "--max-episode-steps", min=1, help="Episodes are truncated here."),
+    ref_episodes: int = typer.Option(100, "--ref-episodes", min=1, help="Episodes per reference score."),
+) -> None:
+    """Make D4RL-style datasets (random, medium, medium-replay, expert, medium-expert) with a PPO behaviour agent."""
+    from rich.progress import TaskID
+
+    from dtrl.cli import console, progress_bar
+    from dtrl.data.cache import default_cache_dir
+    from dtrl.data.collect import collect_d4rl
+
+    root = cache_dir or default_cache_dir()
+    tasks: dict[str, TaskID] = {}
+    with progress_bar("collect", None) as bar:
+        bar.remove_task(bar.task_ids[0])
+
+        def progress(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(stage, total=total, info="")
+            bar.update(tasks[stage], completed=done, total=total)
+
+        def log(line: str) -> None:
+            bar.console.print(line, soft_wrap=True, highlight=False, markup=False)
+
+        paths = collect_d4rl(
+            env_id,
+            [k.strip() for k in kinds.split(",") if k.strip()],
+            transitions=transitions,
+            seed=seed,
+            agent_steps=agent_steps,
+            cache_dir=root,
+            max_episode_steps=max_episode_steps,
+            ref_episodes=ref_episodes,
+            command=shlex.join(["dtrl", *sys.argv[1:]]),
+            progress=progress,
+            log=log,
+        )
+    for name, path in paths.items():
+        console.print(f"{name}: {path}", soft_wrap=True, highlight=False)
+
+
+def export(
+    source: str = typer.Argument(..., help="A cached dataset name (e.g. hopper-medium) or any dataset dtrl reads."),
+    format: str = typer.Option(..., "--format", "-f", help="d4rl (HDF5), minari, or npz (dtrl's native format)."),
+    out: Optional[Path] = typer.Option(
+        None, "--out", help="Output file (d4rl, npz) or Minari datasets root (default: Minari's own, ~/.minari/datasets)."
+    ),
+) -> None:
+    """Export a dataset as a D4RL HDF5 file, a Minari dataset or a dtrl .npz."""
+    from dtrl.cli import console
+    from dtrl.data.writers import write_d4rl, write_minari
+    from dtrl.train import open_dataset
+
+    if format not in EXPORT_FORMATS:
+        raise DtrlError(f"unknown export format {format!r}: choose one of {', '.join(EXPORT_FORMATS)}")
+    if format != "minari" and out is None:
+        raise DtrlError(f"--format {format} writes a file: give its path with --out PATH")
+    dataset = open_dataset(source)
+    if format == "d4rl":
+        written = write_d4rl(dataset, out)  # type: ignore[arg-type]
+    elif format == "npz":
+        written = dataset.save(out)  # type: ignore[arg-type]
+    else:
+        written = write_minari(dataset, out)
+    console.print(f"wrote {written} ({dataset.num_episodes} episodes, {len(dataset)} transitions)", soft_wrap=True, highlight=False)
+
+
+def list_(
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Default: $DTRL_DATA_DIR or the user data dir."),
+) -> None:
+    """List the datasets in the cache (usable by name: dtrl train dataset=NAME)."""
+    import numpy as np
+    from rich.table import Table
+
+    from dtrl.cli import console
+    from dtrl.data.cache import default_cache_dir, list_cached
+    from dtrl.data.episodes import EpisodeDataset
+
+    root = cache_dir or default_cache_dir()
+    paths = list_cached(root)
+    if not paths:
+        console.print(f"no datasets in {root}: make some with `dtrl data collect Hopper-v5`", soft_wrap=True)
+        return
+    table = Table(title=str(root))
+    table.add_column("name", no_wrap=True, min_width=max(len(p.stem) for p in paths))  # the name is what users type
+    for col in ("episodes", "transitions", "return mean", "return max"):
+        table.add_column(col, justify="right")
+    for path in paths:
+        ds = EpisodeDataset.load(path)
+        returns = ds.episode_returns
+        table.add_row(path.stem, str(ds.num_episodes), str(len(ds)), f"{np.mean(returns):.1f}", f"{np.max(returns):.1f}")
+    console.print(table)
+
+
+def register(data_app: typer.Typer) -> None:
+    """Add collect, export and list to the ``data`` sub-app."""
+    data_app.command(
+        "collect",
+        epilog="Examples:\n\n  dtrl data collect Hopper-v5\n\n"
+        "  dtrl data collect Walker2d-v5 --kinds medium,medium-replay --transitions 200000 --seed 1",
+    )(collect)
+    data_app.command(
+        "export",
+        epilog="Examples:\n\n  dtrl data export hopper-medium --format d4rl --out hopper-medium.hdf5\n\n"
+        "  dtrl data export hopper-medium --format minari   (then minari.load_dataset('dtrl/hopper/medium-v0'))",
+    )(export)
+    data_app.command("list", epilog="Examples:\n\n  dtrl data list\n\n  DTRL_DATA_DIR=/data/dtrl dtrl data list")(list_)

@@ -1,0 +1,79 @@
+"""Gymnasium environments: creation with clear errors, fit checks, reference scores."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from dtrl.errors import DtrlError
+
+# D4RL's reference returns (random, expert) for its gym locomotion tasks, from
+# d4rl/infos.py. They were measured on the mujoco-py -v2 envs; on gymnasium's
+# -v5 envs the normalised score is indicative, not identical.
+D4RL_REF_SCORES: dict[str, tuple[float, float]] = {
+    "hopper": (-20.272305, 3234.3),
+    "halfcheetah": (-280.178953, 12135.0),
+    "walker2d": (1.629008, 4592.3),
+}
+
+
+def check_env_id(env_id: str) -> None:
+    """Fail early, in one line, on an id gymnasium does not know."""
+    try:
+        gym.spec(env_id)
+    except gym.error.Error as e:
+        known = sorted(k for k in gym.registry if k.split("-")[0].lower() in env_id.lower())[:5]
+        hint = f" (similar: {', '.join(known)})" if known else "; `python -c \"import gymnasium; gymnasium.pprint_registry()\"` lists them"
+        raise DtrlError(f"unknown environment id {env_id!r}: {str(e).splitlines()[0]}{hint}") from None
+
+
+def make_vector_env(env_id: str, num_envs: int) -> gym.vector.VectorEnv:
+    """Synchronous vector env: one process, one batched model call per step."""
+    check_env_id(env_id)
+    try:
+        return gym.make_vec(env_id, num_envs=num_envs, vectorization_mode="sync")
+    except gym.error.DependencyNotInstalled as e:
+        raise DtrlError(f"environment {env_id} needs a missing package: {str(e).splitlines()[0]}") from None
+
+
+def check_fits(
+    observation_space: gym.Space, action_space: gym.Space, spec_obs: dict[str, Any], spec_act: dict[str, Any], env_id: str, trained_on: str | None
+) -> None:
+    """Raise if a policy trained for one env's spaces is pointed at another's."""
+    where = f" (the policy was trained for {trained_on})" if trained_on else ""
+    obs_size = int(np.prod(observation_space.shape))
+    want_obs = int(np.prod(spec_obs["shape"])) if spec_obs["type"] == "box" else 1
+    if obs_size != want_obs:
+        raise DtrlError(
+            f"{env_id} gives observations of size {obs_size} but the policy expects {want_obs}{where}: "
+            "evaluate on a matching environment"
+        )
+    if spec_act["type"] == "discrete":
+        if not isinstance(action_space, gym.spaces.Discrete) or action_space.n != spec_act["n"]:
+            raise DtrlError(
+                f"{env_id} has action space {action_space} but the policy outputs "
+                f"{spec_act['n']} discrete actions{where}: evaluate on a matching environment"
+            )
+    elif not isinstance(action_space, gym.spaces.Box) or list(action_space.shape) != list(spec_act["shape"]):
+        raise DtrlError(
+            f"{env_id} has action space {action_space} but the policy outputs continuous actions "
+            f"of shape {tuple(spec_act['shape'])}{where}: evaluate on a matching environment"
+        )
+
+
+def reference_scores(env_id: str | None, known: dict[str, float] | None = None) -> dict[str, float]:
+    """Random / expert reference returns: the dataset's own, else D4RL's for its gym tasks."""
+    if known and "random" in known and "expert" in known:
+        return {"random": float(known["random"]), "expert": float(known["expert"])}
+    family = (env_id or "").split("-")[0].split("/")[-1].lower()
+    if family in D4RL_REF_SCORES:
+        low, high = D4RL_REF_SCORES[family]
+        return {"random": low, "expert": high}
+    return {}
+
+
+def normalized_score(value: float | np.ndarray, ref: dict[str, float]) -> float | np.ndarray:
+    """D4RL normalisation: 100 · (R − random) / (expert − random)."""
+    return 100.0 * (value - ref["random"]) / (ref["expert"] - ref["random"])

@@ -1,0 +1,120 @@
+"""Return-conditioned evaluation in the real simulator, all episodes in parallel.
+
+Every (target return, episode) pair is one environment of a single vector env,
+so one batched model call per step serves every target. Episode ``i`` of every
+target uses seed ``seed + i``: targets are compared on the same start states.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import gymnasium as gym
+import numpy as np
+
+from dtrl.envs import check_env_id, make_vector_env, normalized_score, reference_scores
+from dtrl.policy import DecisionTransformerPolicy
+
+
+@dataclass
+class EvalResult:
+    target_return: float | None  # None: a baseline without return conditioning (e.g. random)
+    returns: np.ndarray
+    lengths: np.ndarray
+    ref_scores: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def mean(self) -> float:
+        return float(self.returns.mean())
+
+    @property
+    def std(self) -> float:
+        return float(self.returns.std())
+
+    @property
+    def normalized(self) -> tuple[float, float] | None:
+        """Mean and std of the D4RL-normalised score, when reference scores are known."""
+        if not self.ref_scores:
+            return None
+        scores = normalized_score(self.returns, self.ref_scores)
+        return float(scores.mean()), float(scores.std())
+
+    def to_dict(self) -> dict:
+        d = {
+            "target_return": self.target_return,
+            "return_mean": self.mean,
+            "return_std": self.std,
+            "length_mean": float(self.lengths.mean()),
+            "episodes": len(self.returns),
+            "returns": self.returns.tolist(),
+        }
+        if self.normalized:
+            d["normalized_mean"], d["normalized_std"] = self.normalized
+        return d
+
+
+def rollout(
+    env_id: str,
+    seeds: Sequence[int],
+    act: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    check: Callable[[gym.vector.VectorEnv], None] | None = None,
+    on_step: Callable[[int], None] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Run one episode per seed, in parallel, to its end: returns and lengths.
+
+    ``act(observations, last_rewards)`` maps the batch of observations (and the
+    rewards the previous actions earned) to a batch of actions. Environments
+    that finish early keep stepping until all are done, but nothing they do
+    after their end is counted.
+    """
+    envs = make_vector_env(env_id, len(seeds))
+    try:
+        if check is not None:
+            check(envs)
+        obs, _ = envs.reset(seed=[int(s) for s in seeds])
+        n = len(seeds)
+        returns = np.zeros(n)
+        lengths = np.zeros(n, dtype=np.int64)
+        done = np.zeros(n, dtype=bool)
+        reward = np.zeros(n)
+        step = 0
+        while not done.all():
+            obs, reward, terminated, truncated, _ = envs.step(act(obs, reward))
+            returns += np.where(done, 0.0, reward)
+            lengths += ~done
+            done |= terminated | truncated
+            step += 1
+            if on_step:
+                on_step(step)
+        return returns, lengths
+    finally:
+        envs.close()
+
+
+def evaluate(
+    policy: DecisionTransformerPolicy,
+    env_id: str,
+    target_returns: Sequence[float],
+    episodes: int = 10,
+    seed: int = 0,
+    on_step: Callable[[int], None] | None = None,
+) -> list[EvalResult]:
+    """Return statistics per target over ``episodes`` episodes each, all run at once."""
+    targets = np.repeat(np.asarray(target_returns, dtype=np.float64), episodes)
+    seeds = seed + np.tile(np.arange(episodes), len(target_returns))
+    policy.reset(targets, num_envs=len(targets))
+    returns, lengths = rollout(env_id, seeds, policy.act, lambda envs: policy.check_env(envs, env_id), on_step)
+    ref = reference_scores(env_id, policy.spec.ref_scores)
+    chunks = [slice(j * episodes, (j + 1) * episodes) for j in range(len(target_returns))]
+    return [EvalResult(float(t), returns[c], lengths[c], ref) for t, c in zip(target_returns, chunks)]
+
+
+def evaluate_random(env_id: str, episodes: int = 10, seed: int = 0, ref_scores: dict[str, float] | None = None) -> EvalResult:
+    """The uniformly random policy on the same seeds: the floor every method must beat."""
+    check_env_id(env_id)
+    with gym.make(env_id) as env:
+        actions = gym.vector.utils.batch_space(env.action_space, episodes)
+    actions.seed(seed)
+    returns, lengths = rollout(env_id, seed + np.arange(episodes), lambda obs, reward: actions.sample())
+    return EvalResult(None, returns, lengths, reference_scores(env_id, ref_scores))

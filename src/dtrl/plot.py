@@ -1,0 +1,173 @@
+"""``dtrl plot``: learning curves and return calibration as PNG files.
+
+Reads only what runs write (``metrics.jsonl``, ``config.yaml``,
+``calibration.json``), so figures can be redrawn at any time without torch or
+the simulator. Runs whose configs differ only in ``seed`` (and ``out_dir``)
+are one group: drawn as the mean over seeds with a band of ± one standard
+deviation, each seed as a faint line.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from dtrl.data.episodes import atomic_write
+from dtrl.errors import DtrlError
+
+METRICS_FILE = "metrics.jsonl"
+CALIBRATION_FILE = "calibration.json"
+CURVES_PNG = "learning_curves.png"
+CALIBRATION_PNG = "calibration.png"
+_SEED_KEYS = ("seed", "out_dir")
+
+
+def read_metrics(run: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Every logged scalar of a run as (steps, values), in step order."""
+    path = run / METRICS_FILE
+    if not path.is_file():
+        raise DtrlError(f"{run} has no {METRICS_FILE}: give run directories written by `dtrl train`")
+    series: dict[str, list[tuple[int, float]]] = {}
+    lines = path.read_text().splitlines()
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            if n == len(lines):
+                continue  # the last line of a run that is still writing
+            raise DtrlError(f"{path} line {n} is not JSON: the file is corrupt; delete the line") from None
+        for key, value in row.items():
+            if key != "step" and isinstance(value, (int, float)):
+                series.setdefault(key, []).append((int(row["step"]), float(value)))
+    out = {}
+    for key, points in series.items():
+        steps, values = np.array(sorted(points)).T
+        out[key] = (steps, values)
+    return out
+
+
+def group_runs(runs: list[Path]) -> dict[str, list[Path]]:
+    """Runs with equal configs apart from the seed, labelled by their common name."""
+    groups: dict[str, list[Path]] = {}
+    for run in runs:
+        config_file = run / "config.yaml"
+        config = yaml.safe_load(config_file.read_text()) if config_file.is_file() else {"run": str(run)}
+        key = json.dumps({k: v for k, v in (config or {}).items() if k not in _SEED_KEYS}, sort_keys=True)
+        groups.setdefault(key, []).append(run)
+    labelled = {}
+    for members in groups.values():
+        name = os.path.commonprefix([r.resolve().name for r in members]).rstrip("-_ .") or members[0].name
+        name = re.sub(r"[-_.]?(seed|s)$", "", name) or name
+        labelled[f"{name} ({len(members)} seeds)" if len(members) > 1 else name] = members
+    return labelled
+
+
+def _save(fig: Any, path: Path) -> Path:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
+    atomic_write(path, lambda f: f.write(buffer.getvalue()))
+    return path
+
+
+def _plot_group(ax: Any, curves: list[tuple[np.ndarray, np.ndarray]], label: str, color: Any) -> None:
+    """Mean ± std over seeds on the steps of the shortest run; each seed as a faint line."""
+    marker = "o" if max(len(s) for s, _ in curves) < 3 else None
+    if len(curves) == 1:
+        steps, values = curves[0]
+        ax.plot(steps, values, color=color, label=label, marker=marker)
+        return
+    end = min(s[-1] for s, _ in curves)
+    grid = min((s[s <= end] for s, _ in curves), key=len)
+    stack = np.stack([np.interp(grid, s, v) for s, v in curves])
+    for steps, values in curves:
+        ax.plot(steps, values, color=color, alpha=0.25, linewidth=0.8)
+    mean, std = stack.mean(axis=0), stack.std(axis=0)
+    ax.plot(grid, mean, color=color, label=f"{label}: mean ± std", marker=marker)
+    ax.fill_between(grid, mean - std, mean + std, color=color, alpha=0.2)
+
+
+def plot_learning_curves(groups: dict[str, list[Path]], out: Path) -> Path:
+    """The training loss, then one panel per evaluation metric with a line per target return."""
+    import matplotlib.pyplot as plt
+
+    metrics = {label: [read_metrics(r) for r in runs] for label, runs in groups.items()}
+    keys = {k for runs in metrics.values() for m in runs for k in m if k == "train/loss" or k.startswith("eval/")}
+    if not keys:
+        raise DtrlError("the runs logged no train/loss or eval/ metrics yet: train for at least log_every steps")
+    panels = sorted({k.split("@")[0] for k in keys}, key=lambda k: (k != "train/loss", k))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, panel in zip(axes[0], panels):
+        series = sorted((k for k in keys if k.split("@")[0] == panel), key=lambda k: float(k.split("@")[1]) if "@" in k else 0)
+        i = 0
+        for label, runs in metrics.items():
+            for key in series:
+                curves = [m[key] for m in runs if key in m]
+                if curves:
+                    name = f"{label}, target {key.split('@')[1]}" if "@" in key else label
+                    _plot_group(ax, curves, name, colors[i % len(colors)])
+                    i += 1
+        ax.set_title(panel)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        if panel == "train/loss":
+            ax.set_yscale("log")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    try:
+        return _save(fig, out / CURVES_PNG)
+    finally:
+        plt.close(fig)
+
+
+def plot_calibration(runs: list[Path], out: Path) -> Path | None:
+    """Achieved vs target return for each run with a ``calibration.json``, with y = x and the dataset's best."""
+    import matplotlib.pyplot as plt
+
+    reports = [(r, json.loads((r / CALIBRATION_FILE).read_text())) for r in runs if (r / CALIBRATION_FILE).is_file()]
+    if not reports:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 5))
+    lo = hi = 0.0
+    for run, report in reports:
+        targets = np.array([r["target_return"] for r in report["results"]])
+        means = np.array([r["return_mean"] for r in report["results"]])
+        stds = np.array([r["return_std"] for r in report["results"]])
+        ax.errorbar(targets, means, yerr=stds, marker="o", capsize=3, label=f"{run.name} (± std, {report['episodes']} episodes)")
+        lo, hi = min(lo, targets.min(), (means - stds).min()), max(hi, targets.max(), (means + stds).max())
+    ax.plot([lo, hi], [lo, hi], "k--", linewidth=1, label="achieved = target")
+    best = reports[0][1]["dataset_best_return"]
+    ax.axhline(best, color="tab:red", linestyle=":", linewidth=1.2, label=f"best return in dataset ({best:.0f})")
+    ax.axvline(best, color="tab:red", linestyle=":", linewidth=1.2)
+    ax.set_xlabel("target return")
+    ax.set_ylabel("achieved return")
+    ax.set_title(f"return calibration: {reports[0][1]['env_id']}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    try:
+        return _save(fig, out / CALIBRATION_PNG)
+    finally:
+        plt.close(fig)
+
+
+def plot_runs(runs: list[Path], out: Path) -> list[Path]:
+    """Write the learning curves (and the calibration figure, when a run has one) into ``out``."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: never needs a display
+    missing = [str(r) for r in runs if not r.is_dir()]
+    if missing:
+        raise DtrlError(f"no run directory at {', '.join(missing)}: give directories written by `dtrl train`")
+    written = [plot_learning_curves(group_runs(runs), out)]
+    calibration = plot_calibration(runs, out)
+    return written + ([calibration] if calibration else [])

@@ -1,0 +1,124 @@
+"""A return-conditioned policy around a trained Decision Transformer.
+
+``reset(target_return)`` starts an episode; each ``act(observation, reward)``
+subtracts the reward of the previous step from the return-to-go (in the scale
+used in training), appends the observation to a sliding window of the last K
+steps and returns the predicted action. Observations may be batched (one row
+per parallel environment): then the target return may be one value or one per
+row, and ``act`` returns one action per row.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from dtrl.checkpoint import PolicySpec, load_policy_files
+from dtrl.data.episodes import space_from_dict
+from dtrl.data.sampler import Normalizer
+from dtrl.envs import check_fits
+from dtrl.errors import DtrlError
+from dtrl.models import DecisionTransformer
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise DtrlError(f"device {device!r} requested but CUDA is not available: use device=cpu")
+    return torch.device(device)
+
+
+class DecisionTransformerPolicy:
+    def __init__(self, model: DecisionTransformer, spec: PolicySpec, device: str | torch.device = "cpu") -> None:
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.spec = spec
+        self.normalizer = Normalizer.from_dict(spec.normalizer)
+        self.observation_space = space_from_dict(spec.observation_space)
+        self.action_space = space_from_dict(spec.action_space)
+        self._batched = False
+        self._t = 0
+        self._rtg: torch.Tensor | None = None
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, device: str = "auto") -> "DecisionTransformerPolicy":
+        spec, weights, directory = load_policy_files(path)
+        model = DecisionTransformer(spec.model)
+        try:
+            model.load_state_dict(weights, strict=True)
+        except RuntimeError as e:
+            raise DtrlError(
+                f"weights in {directory} do not match its config.json ({str(e).splitlines()[0]}): "
+                "the checkpoint is from another model shape"
+            ) from None
+        return cls(model, spec, pick_device(device))
+
+    def check_env(self, env: gym.Env | gym.vector.VectorEnv, env_id: str) -> None:
+        obs_space = getattr(env, "single_observation_space", env.observation_space)
+        act_space = getattr(env, "single_action_space", env.action_space)
+        check_fits(obs_space, act_space, self.spec.observation_space, self.spec.action_space, env_id, self.spec.env_id)
+
+    # ------------------------------------------------------------------ episode API
+    def reset(self, target_return: float | Sequence[float] | np.ndarray, num_envs: int | None = None) -> None:
+        """Start new episodes with the return each should achieve (in the env's reward units)."""
+        targets = np.atleast_1d(np.asarray(target_return, dtype=np.float64))
+        self._batched = num_envs is not None or np.ndim(target_return) > 0
+        n = num_envs or len(targets)
+        if len(targets) not in (1, n):
+            raise DtrlError(f"got {len(targets)} target returns for {n} environments: give one or one per env")
+        cfg = self.spec.model
+        K = cfg.context_length
+        self._rtg = torch.zeros(n, K, device=self.device)
+        self._states = torch.zeros(n, K, cfg.observation_dim, device=self.device)
+        shape = (n, K) if cfg.discrete else (n, K, cfg.action_dim)
+        self._actions = torch.zeros(shape, device=self.device, dtype=torch.long if cfg.discrete else torch.float32)
+        self._timesteps = torch.zeros(n, K, dtype=torch.long, device=self.device)
+        self._next_rtg = torch.as_tensor(np.broadcast_to(targets, (n,)) / self.spec.reward_scale, device=self.device).float()
+        self._t = 0
+
+    @torch.inference_mode()
+    def act(self, observation: np.ndarray, reward: float | np.ndarray = 0.0) -> np.ndarray:
+        """The action for ``observation``; ``reward`` is what the previous action earned."""
+        if self._rtg is None:
+            raise DtrlError("call policy.reset(target_return=...) before policy.act(...)")
+        obs = np.asarray(observation, dtype=np.float32)
+        obs = obs.reshape(-1, self.spec.model.observation_dim) if self._batched else obs.reshape(1, -1)
+        if obs.shape[0] != self._rtg.shape[0]:
+            raise DtrlError(f"got {obs.shape[0]} observations for {self._rtg.shape[0]} environments set by reset()")
+        K = self.spec.model.context_length
+        if self._t > 0:
+            r = torch.as_tensor(np.asarray(reward, dtype=np.float64).reshape(-1) / self.spec.reward_scale, device=self.device)
+            self._next_rtg = self._next_rtg - r.float()
+        # Slide the window: slot n-1 holds the current step once it is full.
+        n = min(self._t + 1, K)
+        if self._t >= K:
+            for buf in (self._rtg, self._states, self._actions, self._timesteps):
+                buf[:, :-1] = buf[:, 1:].clone()
+        i = n - 1
+        self._rtg[:, i] = self._next_rtg
+        self._states[:, i] = torch.from_numpy(self.normalizer.states(obs)).to(self.device)
+        self._actions[:, i] = 0
+        self._timesteps[:, i] = self._t
+        pred = self.model(self._rtg[:, :n], self._states[:, :n], self._actions[:, :n], self._timesteps[:, :n])[:, -1]
+        if self.spec.model.discrete:
+            action_ids = pred.argmax(dim=-1)
+            self._actions[:, i] = action_ids
+            action = action_ids.cpu().numpy() + getattr(self.action_space, "start", 0)
+        else:
+            self._actions[:, i] = pred.float()
+            action = self.normalizer.actions_to_env(pred.float().cpu().numpy())
+            if isinstance(self.action_space, gym.spaces.Box):
+                action = np.clip(action, self.action_space.low.reshape(-1), self.action_space.high.reshape(-1))
+                action = action.reshape((-1, *self.action_space.shape)).astype(self.action_space.dtype)
+        self._t += 1
+        return action if self._batched else action[0]
+
+
+def load(path: str | os.PathLike, device: str = "auto") -> DecisionTransformerPolicy:
+    """Load a policy from a run directory, a checkpoint or an exported policy directory."""
+    return DecisionTransformerPolicy.load(path, device)

@@ -1,0 +1,63 @@
+"""The run directory a checkpoint belongs to, and what that run recorded.
+
+Commands that take "a run, a checkpoint or a policy directory" (calibrate,
+export) use this to find the training config and the final evaluation, which
+live at the top of a run, not inside its checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dtrl.checkpoint import CHECKPOINT_DIR, latest_checkpoint
+from dtrl.config import TrainConfig, from_dict
+from dtrl.errors import DtrlError
+from dtrl.train import RUN_CONFIG_FILE
+
+EVAL_FILE = "eval.json"
+EXPORTED_CONFIG_FILE = "train_config.yaml"
+"""The run's config.yaml, as copied beside an exported policy by ``dtrl export``."""
+
+
+def run_dir_of(path: str | Path) -> Path | None:
+    """``path`` itself if it is a run directory, its run if it is a checkpoint of one, else None."""
+    path = Path(path)
+    if (path / RUN_CONFIG_FILE).is_file():
+        return path
+    if path.parent.name == CHECKPOINT_DIR and (path.parent.parent / RUN_CONFIG_FILE).is_file():
+        return path.parent.parent
+    return None
+
+
+def read_run_config(run_dir: Path, name: str = RUN_CONFIG_FILE) -> TrainConfig:
+    """The resolved config a run was trained with."""
+    try:
+        return from_dict(TrainConfig, yaml.safe_load((run_dir / name).read_text()) or {})
+    except yaml.YAMLError as e:
+        raise DtrlError(f"{run_dir / name} is not valid YAML ({str(e).splitlines()[0]}): restore it") from None
+
+
+def training_config(path: str | Path) -> TrainConfig | None:
+    """The config behind a run, one of its checkpoints or an exported policy; None if unknown."""
+    run = run_dir_of(path)
+    if run is not None:
+        return read_run_config(run)
+    if (Path(path) / EXPORTED_CONFIG_FILE).is_file():
+        return read_run_config(Path(path), EXPORTED_CONFIG_FILE)
+    return None
+
+
+def final_evaluation(run_dir: Path, checkpoint: Path) -> list[dict[str, Any]] | None:
+    """The run's ``eval.json``, if ``checkpoint`` is the run's newest (the one it evaluated)."""
+    report = run_dir / EVAL_FILE
+    newest = latest_checkpoint(run_dir)
+    if not report.is_file() or newest is None or newest.resolve() != checkpoint.resolve():
+        return None
+    try:
+        return json.loads(report.read_text())
+    except json.JSONDecodeError:
+        raise DtrlError(f"{report} is not valid JSON: delete it or re-run the evaluation") from None

@@ -1,0 +1,433 @@
+"""Train a Decision Transformer on an offline dataset.
+
+``train(config)`` loads the data, builds the model, and runs the paper's
+recipe: AdamW, linear warm-up, gradient clipping, MSE (continuous) or
+cross-entropy (discrete) on the predicted actions of real (unpadded) steps.
+The run directory receives the resolved config, ``metrics.jsonl``, TensorBoard
+events and atomic checkpoints; ``resume=True`` continues bit-exactly from the
+newest complete checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from importlib.resources import files
+from pathlib import Path
+from typing import Any, Callable
+
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.nn.functional as F
+import yaml
+
+from dtrl import distributed
+from dtrl.checkpoint import (
+    PolicySpec,
+    latest_checkpoint,
+    load_policy_files,
+    load_train_state,
+    remove_partial_writes,
+    save_checkpoint,
+)
+from dtrl.config import ModelConfig, TrainConfig, from_dict, merge, to_dict
+from dtrl.data.episodes import EpisodeDataset, append_line, atomic_write, space_to_dict
+from dtrl.data.readers import load_dataset
+from dtrl.data.sampler import Batch, Normalizer, SegmentSampler
+from dtrl.distributed import Dist
+from dtrl.envs import check_env_id
+from dtrl.errors import DiskError, DtrlError, write_error
+from dtrl.evaluate import EvalResult, evaluate
+from dtrl.models import DecisionTransformer
+from dtrl.policy import DecisionTransformerPolicy, pick_device
+from dtrl.tracking import start_wandb, write_run_info
+
+QUICKSTART_DATASET = "quickstart"
+RUN_CONFIG_FILE = "config.yaml"
+METRICS_FILE = "metrics.jsonl"
+log = logging.getLogger(__name__)
+
+
+def open_dataset(source: str) -> EpisodeDataset:
+    """Load a dataset by path or id; ``quickstart`` is the small dataset shipped with dtrl."""
+    if not source:
+        raise DtrlError("no dataset given: set dataset=PATH (a .npz, .hdf5, Minari id) or dataset=quickstart")
+    if source == QUICKSTART_DATASET:
+        return EpisodeDataset.load(Path(str(files("dtrl") / "assets" / "quickstart.npz")))
+    return load_dataset(source)
+
+
+def model_config_for(dataset: EpisodeDataset, model: ModelConfig, normalizer: Normalizer) -> ModelConfig:
+    """Fill the data-dependent fields of the model config from the dataset's spaces."""
+    space = dataset.action_space
+    discrete = isinstance(space, gym.spaces.Discrete)
+    return ModelConfig(
+        **{
+            **to_dict(model),
+            "observation_dim": int(np.prod(dataset.observations.shape[1:])),
+            "action_dim": int(space.n) if discrete else int(np.prod(space.shape)),
+            "discrete": discrete,
+            "action_tanh": not discrete and normalizer.action_low is not None,
+            "max_episode_length": max(model.max_episode_length, int(dataset.episode_lengths.max())),
+        }
+    )
+
+
+def action_loss(model: torch.nn.Module, batch: Batch, dist: Dist = Dist()) -> torch.Tensor:
+    """Loss on the actions of real steps only: MSE, or cross-entropy for discrete actions.
+
+    Under DDP the loss must be the mean over the valid steps of all ranks'
+    batches together, and ranks hold different numbers of valid steps: each
+    rank's sum is scaled by world size / global count, so DDP's gradient
+    average is exactly the union batch's gradient. The returned value is the
+    union batch's loss on every rank, so logs and the divergence check agree.
+    """
+    pred = model(batch.returns_to_go, batch.states, batch.actions, batch.timesteps, batch.mask)
+    loss_fn = F.cross_entropy if distributed.unwrap(model).config.discrete else F.mse_loss
+    pred, target = pred[batch.mask].float(), batch.actions[batch.mask]
+    if not dist.enabled:
+        return loss_fn(pred, target)
+    total = loss_fn(pred, target, reduction="sum")
+    sums = torch.stack([total.detach().double(), total.new_tensor(target.numel(), dtype=torch.float64)])
+    global_sum, global_count = dist.all_reduce_sum(sums).tolist()
+    share = total * (dist.world_size / global_count)
+    return share + (global_sum / global_count - share.detach())
+
+
+def build_optimizer(
+    model: torch.nn.Module, config: TrainConfig
+) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW with the paper's linear learning-rate warm-up, constant afterwards."""
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay, betas=config.betas
+    )
+    warmup = config.warmup_steps
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min((s + 1) / warmup, 1.0) if warmup else 1.0)
+    return optimizer, scheduler
+
+
+def rng_state(sampler: SegmentSampler, device: torch.device) -> dict[str, Any]:
+    """This process's random streams: the sampler's draws and torch's (dropout)."""
+    state = {"sampler": sampler.state_dict(), "torch_rng": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda_rng"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def restore_checkpoint(
+    ckpt: Path,
+    model: DecisionTransformer,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    sampler: SegmentSampler,
+    device: torch.device,
+    dist: Dist,
+    seed: int,
+) -> int:
+    """Load a checkpoint's weights, optimizer and this rank's random streams; return its step.
+
+    The streams are saved per rank. When the number of processes changed, they
+    no longer map onto ranks: every rank is then re-seeded from (seed, rank, step).
+    """
+    _, weights, _ = load_policy_files(ckpt)
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as e:
+        raise DtrlError(
+            f"checkpoint {ckpt} does not fit the model built from this config and dataset "
+            f"({' '.join(str(e).split())[:200]}): resume with the dataset and model settings it was trained with"
+        ) from None
+    state = load_train_state(ckpt)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    step = int(state["step"])
+    saved_world = int(state.get("world_size", 1))
+    if saved_world == dist.world_size:
+        rng = state if dist.rank == 0 else state["other_ranks"][dist.rank - 1]
+        sampler.load_state_dict(rng["sampler"])
+        torch.set_rng_state(rng["torch_rng"])
+        if device.type == "cuda" and "cuda_rng" in rng:
+            torch.cuda.set_rng_state(rng["cuda_rng"], device)
+    else:
+        seed = distributed.resume_seed(seed, dist.rank, step)
+        sampler.generator.manual_seed(seed)
+        torch.manual_seed(seed)
+        if dist.is_main:
+            log.warning(
+                "resuming a %d-process run on %d processes: sampler and dropout streams re-seeded "
+                "from (seed, rank, step=%d), so batches differ from an uninterrupted run",
+                saved_world,
+                dist.world_size,
+                step,
+            )
+    return step
+
+
+def batch_statistics(batch: Batch) -> str:
+    """Ranges of a batch's real (unpadded) inputs and their NaN/Inf count: tells bad data from a diverging model."""
+    parts = [f"{int(batch.mask.sum())} real steps"]
+    for name in ("returns_to_go", "states", "actions"):
+        values = getattr(batch, name)[batch.mask]
+        if not values.is_floating_point():
+            continue  # discrete actions are indices
+        finite = torch.isfinite(values)
+        good = values[finite].float()
+        text = f"{name} in [{good.min().item():.4g}, {good.max().item():.4g}]" if good.numel() else f"{name} all non-finite"
+        if bad := int((~finite).sum()):
+            text += f" with {bad} NaN/Inf"
+        parts.append(text)
+    return ", ".join(parts)
+
+
+def last_good_checkpoint(run_dir: Path) -> str:
+    """Where a stopped run stands, for its error message."""
+    ckpt = latest_checkpoint(run_dir)
+    return f"the last good checkpoint {ckpt} is intact" if ckpt else "no checkpoint was written yet"
+
+
+def drop_metrics_after(path: Path, step: int) -> None:
+    """Keep the metrics of steps up to ``step`` only: a run (re)starting there would log the rest again,
+    and a killed run may have logged past its last checkpoint or left half a line."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                kept.append(line + "\n")
+        except (ValueError, KeyError, TypeError):
+            pass  # cut off by a kill
+    text = "".join(kept).encode()
+    atomic_write(path, lambda f: f.write(text))
+
+
+class MetricsLogger:
+    """Namespaced scalars to ``metrics.jsonl``, TensorBoard and, when asked for, Weights & Biases."""
+
+    def __init__(
+        self, run_dir: Path, enabled: bool = True, wandb_config: dict[str, Any] | None = None, start_step: int = 0
+    ) -> None:
+        """``enabled=False`` (DDP ranks other than 0) writes nothing; ``wandb_config`` starts a W&B run.
+        Metrics logged after ``start_step`` by an earlier, interrupted process are dropped, so the
+        curve of a resumed run is that of an uninterrupted one."""
+        self.path = run_dir / METRICS_FILE
+        self.tb = None
+        self.wandb = None
+        if enabled:
+            from torch.utils.tensorboard import SummaryWriter
+
+            drop_metrics_after(self.path, start_step)
+            self.wandb = start_wandb(run_dir, wandb_config) if wandb_config is not None else None
+            self.tb = SummaryWriter(str(run_dir / "tb"), purge_step=start_step + 1)
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        if self.tb is None:
+            return
+        append_line(self.path, json.dumps({"step": step, **metrics}))
+        for k, v in metrics.items():
+            self.tb.add_scalar(k, v, step)
+        self.tb.flush()
+        if self.wandb is not None:
+            self.wandb.log(metrics, step=step)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    checkpoint: Path
+    losses: list[tuple[int, float]] = field(default_factory=list)
+    eval_results: list[EvalResult] = field(default_factory=list)
+
+
+def prepare_run(config: TrainConfig, resume: bool, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """Create the run directory, or on resume reload its config (plus overrides such as steps)."""
+    run_dir = Path(config.out_dir)
+    saved = run_dir / RUN_CONFIG_FILE
+    if resume:
+        if not saved.is_file():
+            raise DtrlError(f"cannot resume: {run_dir} has no {RUN_CONFIG_FILE}; start the run without --resume")
+        config = from_dict(TrainConfig, merge(yaml.safe_load(saved.read_text()), overrides or {}))
+        config.validate()
+        config.out_dir = str(run_dir)
+    elif latest_checkpoint(run_dir) is not None:
+        raise DtrlError(
+            f"{run_dir} already holds checkpoints: pass --resume to continue it, or choose another out_dir"
+        )
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise write_error(run_dir, e) or DtrlError(
+            f"cannot create run directory {run_dir} ({e.strerror}): choose another out_dir"
+        ) from None
+    if resume and (removed := remove_partial_writes(run_dir)):
+        log.info("removed what interrupted writes left in %s: %s", run_dir, ", ".join(removed))
+    atomic_write(saved, lambda f: f.write(yaml.safe_dump(to_dict(config), sort_keys=False).encode()))
+    write_run_info(run_dir)
+    return config
+
+
+def train(
+    config: TrainConfig,
+    resume: bool = False,
+    overrides: dict[str, Any] | None = None,
+    on_step: Callable[[int, float | None], None] | None = None,
+) -> TrainResult:
+    """Run (or continue) training; ``on_step(step, loss_or_None)`` drives progress displays.
+
+    Started by torchrun with several processes, this is data-parallel training
+    (see :mod:`dtrl.distributed`); ``on_step`` is then called on rank 0 only.
+    """
+    with distributed.process_group() as dist:
+        return _train(config, resume, overrides, on_step, dist)
+
+
+def _train(
+    config: TrainConfig,
+    resume: bool,
+    overrides: dict[str, Any] | None,
+    on_step: Callable[[int, float | None], None] | None,
+    dist: Dist,
+) -> TrainResult:
+    config = dist.share(lambda: prepare_run(config, resume, overrides))
+    run_dir = Path(config.out_dir)
+    if config.num_threads:
+        torch.set_num_threads(config.num_threads)
+    device = dist.device(pick_device(config.device))
+    torch.manual_seed(config.seed)
+
+    dataset = open_dataset(config.dataset).top_episodes(config.top_fraction)
+    env_id = config.env or dataset.env_id
+    if env_id:
+        check_env_id(env_id)
+    normalizer = Normalizer.from_dataset(dataset)
+    model_config = model_config_for(dataset, config.model, normalizer)
+    rank_seed = distributed.rank_seed(config.seed, dist.rank)
+    sampler = SegmentSampler(dataset, model_config.context_length, config.reward_scale, normalizer, device, rank_seed)
+    model = DecisionTransformer(model_config).to(device)
+    if dist.rank:
+        torch.manual_seed(rank_seed)  # after the (shared) initialisation: a dropout stream of its own
+    optimizer, scheduler = build_optimizer(model, config)
+    spec = PolicySpec(
+        model=model_config,
+        reward_scale=config.reward_scale,
+        normalizer=normalizer.to_dict(),
+        observation_space=space_to_dict(dataset.observation_space),
+        action_space=space_to_dict(dataset.action_space),
+        env_id=env_id or None,
+        ref_scores=dataset.ref_scores,
+        dataset=dataset.name,
+    )
+    targets = config.target_returns or [float(dataset.episode_returns.max())]
+
+    step = 0
+    if resume and (ckpt := dist.share(lambda: latest_checkpoint(run_dir))) is not None:
+        step = restore_checkpoint(ckpt, model, optimizer, scheduler, sampler, device, dist, config.seed)
+
+    def checkpoint() -> Path:
+        """Written by rank 0, with every rank's random streams (rank 0's at the top level)."""
+        spec.step = step
+        streams = dist.gather(rng_state(sampler, device))
+
+        def save() -> Path:
+            state = {
+                "step": step,
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                **streams[0],
+                "world_size": dist.world_size,
+                "other_ranks": streams[1:],
+            }
+            return save_checkpoint(run_dir, step, spec, model.state_dict(), state, config.keep_checkpoints)
+
+        return dist.share(save)
+
+    def run_eval() -> list[EvalResult]:
+        spec.step = step
+        policy = DecisionTransformerPolicy(model, spec, device)
+        results = evaluate(policy, env_id, targets, config.eval_episodes, seed=config.seed)
+        model.train()
+        metrics = {}
+        for r in results:
+            metrics[f"eval/return_mean@{r.target_return:g}"] = r.mean
+            if r.normalized:
+                metrics[f"eval/normalized_score@{r.target_return:g}"] = r.normalized[0]
+        logger.log(step, metrics)
+        return results
+
+    logger = MetricsLogger(
+        run_dir, enabled=dist.is_main, wandb_config=to_dict(config) if config.wandb else None, start_step=step
+    )
+    result = TrainResult(run_dir, run_dir)
+    forward = dist.wrap(model, device)
+    model.train()
+    window: list[float] = []
+    tick = time.perf_counter()
+    try:
+        while step < config.steps:
+            batch = sampler.sample(config.batch_size)
+            loss = action_loss(forward, batch, dist)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(
+                model.parameters(), config.grad_clip if config.grad_clip > 0 else math.inf
+            )
+            value = loss.item()
+            if not math.isfinite(value) or not torch.isfinite(grad_norm):
+                where = f" (rank {dist.rank})" if dist.enabled else ""
+                raise DtrlError(
+                    f"training diverged at step {step + 1}: loss={value}, grad_norm={float(grad_norm)}; "
+                    f"batch{where}: {batch_statistics(batch)}; {last_good_checkpoint(run_dir)}: "
+                    "lower learning_rate or check the data"
+                )
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            window.append(value)
+            if step % config.log_every == 0 or step == config.steps:
+                now = time.perf_counter()
+                mean_loss = float(np.mean(window))
+                logger.log(
+                    step,
+                    {
+                        "train/loss": mean_loss,
+                        "train/learning_rate": scheduler.get_last_lr()[0],
+                        "train/grad_norm": float(grad_norm),
+                        "train/steps_per_second": len(window) / (now - tick),
+                    },
+                )
+                result.losses.append((step, mean_loss))
+                window, tick = [], now
+            if on_step and dist.is_main:
+                on_step(step, value)
+            if step % config.checkpoint_every == 0 or step == config.steps:
+                result.checkpoint = checkpoint()
+            if env_id and config.eval_every and step % config.eval_every == 0 and step != config.steps:
+                if dist.is_main:
+                    run_eval()
+                dist.barrier()
+        if result.checkpoint == run_dir:  # resumed a finished run: nothing new was written
+            result.checkpoint = dist.share(lambda: latest_checkpoint(run_dir)) or checkpoint()
+        if env_id and config.eval_episodes and dist.is_main:
+            result.eval_results = run_eval()
+            report = json.dumps([r.to_dict() for r in result.eval_results], indent=2).encode()
+            atomic_write(run_dir / "eval.json", lambda f: f.write(report))
+    except DiskError as e:  # the writer kept nothing partial: say where the run stands
+        raise DiskError(
+            e.path,
+            e.reason,
+            f"training stopped at step {step}, {last_good_checkpoint(run_dir)}: "
+            "free disk space or fix permissions, then continue with --resume",
+        ) from None
+    finally:
+        logger.close()
+    return result

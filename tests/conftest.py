@@ -1,0 +1,96 @@
+"""Shared fixtures: small datasets generated on the spot (no network, seconds to build)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from dtrl.config import ModelConfig
+from dtrl.data import Episode, EpisodeDataset
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def controller_episodes(num_episodes: int, seed: int = 0) -> list[Episode]:
+    """Pendulum-v1 episodes of a noisy energy-pumping controller: learnable actions, varied returns."""
+    env = gym.make("Pendulum-v1")
+    rng = np.random.default_rng(seed)
+    episodes = []
+    for i in range(num_episodes):
+        obs, _ = env.reset(seed=seed + i)
+        gain = rng.uniform(0.0, 1.0)  # episode quality varies with the controller's gain
+        rows: dict[str, list] = {k: [] for k in ("o", "a", "r", "te", "tr")}
+        done = False
+        while not done:
+            cos, sin, vel = obs
+            theta = np.arctan2(sin, cos)
+            action = np.clip([gain * (-8.0 * theta - 1.5 * vel) + rng.normal(0, 0.2)], -2.0, 2.0).astype(np.float32)
+            rows["o"].append(obs)
+            rows["a"].append(action)
+            obs, reward, terminated, truncated, _ = env.step(action)
+            rows["r"].append(reward)
+            rows["te"].append(terminated)
+            rows["tr"].append(truncated)
+            done = terminated or truncated
+        episodes.append(
+            Episode(
+                np.array(rows["o"], dtype=np.float32),
+                np.array(rows["a"], dtype=np.float32),
+                np.array(rows["r"], dtype=np.float32),
+                np.array(rows["te"]),
+                np.array(rows["tr"]),
+            )
+        )
+    return episodes
+
+
+@pytest.fixture(scope="session")
+def pendulum_dataset() -> EpisodeDataset:
+    env = gym.make("Pendulum-v1")
+    return EpisodeDataset.from_episodes(
+        controller_episodes(12),
+        observation_space=env.observation_space,
+        action_space=env.action_space,
+        name="pendulum-controller",
+        env_id="Pendulum-v1",
+    )
+
+
+@pytest.fixture(scope="session")
+def pendulum_path(pendulum_dataset: EpisodeDataset, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return pendulum_dataset.save(tmp_path_factory.mktemp("data") / "pendulum.npz")
+
+
+@pytest.fixture
+def tiny_model_config() -> ModelConfig:
+    return ModelConfig(observation_dim=3, action_dim=1, context_length=5, n_layer=2, n_head=2, n_embd=16, dropout=0.0)
+
+
+def tiny_overrides(data: Path, out: Path, steps: int = 40) -> list[str]:
+    """A training run small enough for a test: seconds on one core."""
+    return [
+        f"dataset={data}",
+        f"out_dir={out}",
+        f"steps={steps}",
+        "batch_size=16",
+        "model.n_layer=1",
+        "model.n_head=2",
+        "model.n_embd=16",
+        "model.context_length=5",
+        "warmup_steps=5",
+        "learning_rate=1e-3",
+        "log_every=10",
+        "checkpoint_every=20",
+        "eval_episodes=2",
+        "reward_scale=100",
+        "num_threads=1",
+    ]
+
+
+@pytest.fixture(autouse=True)
+def _single_thread() -> None:
+    torch.set_num_threads(1)
