@@ -9,6 +9,7 @@ from typing import Any
 
 import gymnasium as gym
 import h5py
+import json
 import minari
 import numpy as np
 import pytest
@@ -275,6 +276,17 @@ def test_minari_path_that_is_no_dataset(tmp_path: Path) -> None:
         load_dataset(tmp_path / "empty")
     with raises_one_line("does not exist"):
         read_minari(tmp_path / "absent")
+
+
+def test_minari_malformed_metadata(minari_root: Path) -> None:
+    """minari checks metadata with bare asserts; the user still gets a one-line error."""
+    make_minari("dtrltest/badmeta-v0", "Pendulum-v1")
+    meta_path = minari_root / "dtrltest" / "badmeta-v0" / "data" / "metadata.json"
+    meta = json.loads(meta_path.read_text())
+    meta["observation_space"] = 5  # minari asserts a serialised space is a string
+    meta_path.write_text(json.dumps(meta))
+    with raises_one_line("cannot open Minari dataset dtrltest/badmeta-v0"):
+        read_minari("dtrltest/badmeta-v0")
 
 
 # --------------------------------------------------------------------------- native round trip

@@ -64,6 +64,18 @@ def space_from_dict(d: dict[str, Any]) -> gym.Space:
     raise DtrlError(f"unknown space type {d['type']!r} in dataset metadata")
 
 
+def described_by(meta: dict[str, Any]) -> dict[str, Any]:
+    """A dataset's descriptive fields (spaces, name, env id, scores) from its saved metadata."""
+    return {
+        "observation_space": space_from_dict(meta["observation_space"]),
+        "action_space": space_from_dict(meta["action_space"]),
+        "name": meta["name"],
+        "env_id": meta["env_id"],
+        "ref_scores": meta.get("ref_scores", {}),
+        "metadata": meta.get("metadata", {}),
+    }
+
+
 def infer_box(values: np.ndarray, unit_if_within: bool = True) -> gym.spaces.Box:
     """A Box space for data with no recorded space.
 
@@ -394,12 +406,7 @@ class EpisodeDataset:
             )
         return cls(
             **arrays,
-            observation_space=space_from_dict(meta["observation_space"]),
-            action_space=space_from_dict(meta["action_space"]),
-            name=meta["name"],
-            env_id=meta["env_id"],
-            ref_scores=meta.get("ref_scores", {}),
-            metadata=meta.get("metadata", {}),
+            **described_by(meta),
         )
 
 

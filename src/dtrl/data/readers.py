@@ -187,9 +187,11 @@ def read_minari(dataset: str | os.PathLike, name: str | None = None) -> EpisodeD
             f"reading Minari dataset {source} needs a missing package ({_one_line(e)}): "
             "install it (Minari's arrow and parquet formats need pyarrow)"
         ) from None
-    except (ValueError, KeyError, OSError) as e:
+    except (ValueError, KeyError, OSError, AssertionError) as e:
+        # minari validates metadata with bare asserts (e.g. a missing env_spec)
+        detail = _one_line(e) if str(e) else "its metadata.json fails Minari's checks"
         raise DtrlError(
-            f"cannot open Minari dataset {source} ({_one_line(e)}): check that it is a "
+            f"cannot open Minari dataset {source} ({detail}): check that it is a "
             f"complete Minari dataset that Minari {minari.__version__} supports"
         ) from None
 

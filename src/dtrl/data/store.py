@@ -30,7 +30,7 @@ from typing import Any, BinaryIO
 import gymnasium as gym
 import numpy as np
 
-from dtrl.data.episodes import Episode, EpisodeDataset, space_from_dict, space_to_dict
+from dtrl.data.episodes import Episode, EpisodeDataset, described_by, space_to_dict
 from dtrl.errors import DtrlError
 
 STORE_FORMAT = "dtrl-store"
@@ -290,12 +290,7 @@ def open_store(path: str | os.PathLike) -> StoredEpisodeDataset:
         terminations=rows["terminations"],
         truncations=rows["truncations"],
         episode_starts=small["episode_starts"],
-        observation_space=space_from_dict(meta["observation_space"]),
-        action_space=space_from_dict(meta["action_space"]),
-        name=meta["name"],
-        env_id=meta["env_id"],
-        ref_scores=meta.get("ref_scores", {}),
-        metadata=meta.get("metadata", {}),
+        **described_by(meta),
         path=path,
         stored_returns_to_go=rows["returns_to_go"],
         state_mean=small["state_mean"],
