@@ -8,6 +8,7 @@ to show, and its 50-step limit is reached often, so truncations appear.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -111,6 +112,18 @@ def test_rerun_reuses_the_agent_and_remakes_identical_data(collected, tmp_path):
     assert_same(EpisodeDataset.load(cache / "invertedpendulum-medium.npz"), ds["medium"])
     with pytest.raises(DtrlError, match="other settings"):
         collect_d4rl(ENV, ["expert"], cache_dir=cache, seed=1, **SETTINGS)
+
+
+def test_medium_expert_alone_uses_or_remakes_its_parts(collected, tmp_path):
+    """--kinds medium-expert needs medium and expert without asking for them: cached or not."""
+    cache, ds, _ = collected
+    copy = tmp_path / "cache"
+    shutil.copytree(cache, copy)
+    (copy / "invertedpendulum-medium-expert.npz").unlink()
+    (copy / "invertedpendulum-expert.npz").unlink()
+    paths = collect_d4rl(ENV, ["medium-expert"], cache_dir=copy, seed=0, **SETTINGS)
+    assert list(paths) == ["medium-expert"]
+    assert_same(EpisodeDataset.load(paths["medium-expert"]), ds["medium-expert"])
 
 
 def test_minari_round_trip(collected, tmp_path, monkeypatch):

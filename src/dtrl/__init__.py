@@ -10,8 +10,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from dtrl import key_to_door
+
 __version__ = "0.1.0"
 __all__ = ["load", "__version__"]
+
+key_to_door.register()  # gymnasium.make("dtrl/KeyToDoor-v0") works after `import dtrl`
 
 
 def __getattr__(name: str) -> Any:

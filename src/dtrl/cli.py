@@ -20,6 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from dtrl import __version__
+from dtrl.config import FinetuneConfig
 from dtrl.data import commands as data_commands
 from dtrl.errors import DtrlError
 
@@ -183,6 +184,9 @@ def eval_(
     video: Optional[Path] = typer.Option(
         None, "--video", help="Also record episode 0 of each target as an MP4 into this directory."
     ),
+    kv_cache: bool = typer.Option(
+        False, "--kv-cache", help="Decode incrementally with a key/value cache (faster; sliding-window attention past K)."
+    ),
 ) -> None:
     """Evaluate a policy in the simulator at one or more target returns."""
     from dtrl.data.episodes import atomic_write
@@ -195,7 +199,7 @@ def eval_(
             targets.append(float(extra))
         except ValueError:
             raise DtrlError(f"unexpected argument {extra!r}: target returns must be numbers") from None
-    policy = load(checkpoint, device)
+    policy = load(checkpoint, device, kv_cache)
     env_id = env or policy.spec.env_id
     if not env_id:
         raise DtrlError("the policy records no environment: pass --env ID")
@@ -216,6 +220,80 @@ def eval_(
 
         for path in record_videos(policy, env_id, targets, video, seed):
             console.print(f"video: {path}", soft_wrap=True, highlight=False)
+
+
+_FT = FinetuneConfig()
+
+
+@app.command(
+    epilog="Examples:\n\n  dtrl train dataset=quickstart model.stochastic_policy=true out_dir=runs/odt\n\n"
+    "  dtrl finetune runs/odt --env Hopper-v5 --steps 10000 --out-dir runs/odt-online\n\n"
+    "  dtrl finetune runs/odt --steps 200000 --updates-per-iteration 300 --batch-size 256   (ODT's gym budget)",
+)
+def finetune(
+    checkpoint: Path = typer.Argument(..., help="Run directory or checkpoint of a model trained with model.stochastic_policy=true."),
+    env: Optional[str] = typer.Option(None, "--env", help="Gymnasium id (default: the env the policy was trained for)."),
+    steps: int = typer.Option(_FT.steps, "--steps", min=1, help="Online budget: environment steps to collect."),
+    out_dir: Path = typer.Option(Path(_FT.out_dir), "--out-dir", help="Where the fine-tuned run is written."),
+    target_return: float = typer.Option(
+        _FT.target_return, "--target-return", help="Return the rollouts are conditioned on (0: twice --eval-target)."
+    ),
+    eval_target: float = typer.Option(
+        _FT.eval_target, "--eval-target", help="Return the evaluation is conditioned on (0: the dataset's best)."
+    ),
+    rollouts_per_iteration: int = typer.Option(_FT.rollouts_per_iteration, "--rollouts-per-iteration", min=1),
+    updates_per_iteration: int = typer.Option(
+        _FT.updates_per_iteration, "--updates-per-iteration", min=1, help="Gradient steps after each round of rollouts."
+    ),
+    buffer_size: int = typer.Option(_FT.buffer_size, "--buffer-size", min=1, help="Replay capacity in trajectories."),
+    batch_size: int = typer.Option(_FT.batch_size, "--batch-size", min=1),
+    learning_rate: float = typer.Option(_FT.learning_rate, "--learning-rate"),
+    eval_episodes: int = typer.Option(_FT.eval_episodes, "--eval-episodes", min=1),
+    eval_every: int = typer.Option(_FT.eval_every, "--eval-every", min=0, help="Also evaluate every N env steps."),
+    seed: int = typer.Option(_FT.seed, "--seed", help="Seeds rollouts, action sampling and dropout."),
+    dataset: Optional[str] = typer.Option(
+        None, "--dataset", help="Offline data that seeds the replay buffer (default: the run's training dataset)."
+    ),
+    device: str = typer.Option(_FT.device, "--device", envvar="DTRL_DEVICE", help="auto, cpu, cuda or cuda:N."),
+) -> None:
+    """Fine-tune a stochastic-policy DT online in the simulator (Online Decision Transformer)."""
+    from dtrl.calibrate import dataset_of
+    from dtrl.finetune import finetune as run_finetune
+
+    config = FinetuneConfig(
+        env=env or "",
+        steps=steps,
+        out_dir=str(out_dir),
+        target_return=target_return,
+        eval_target=eval_target,
+        rollouts_per_iteration=rollouts_per_iteration,
+        updates_per_iteration=updates_per_iteration,
+        buffer_size=buffer_size,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        eval_episodes=eval_episodes,
+        eval_every=eval_every,
+        seed=seed,
+        device=device,
+    )
+    config.validate()
+    data = dataset_of(checkpoint, dataset)
+    with progress_bar("online env steps", steps) as bar:
+        task = bar.task_ids[0]
+
+        def on_progress(env_steps: int, rollout_return: float) -> None:
+            bar.update(task, completed=min(env_steps, steps), info=f"rollout return {rollout_return:.0f}")
+
+        result = run_finetune(checkpoint, config, data, on_progress)
+    title = f"target return {result.online[0].target_return:g}: offline vs fine-tuned ({result.env_steps} env steps)"
+    table = Table(title=title)
+    for col in ("policy", "return (mean ± std)", "normalised score", "episodes"):
+        table.add_column(col, justify="right")
+    for name, r in (("offline", result.offline[0]), ("fine-tuned", result.online[0])):
+        norm = r.normalized
+        table.add_row(name, f"{r.mean:.1f} ± {r.std:.1f}", f"{norm[0]:.1f} ± {norm[1]:.1f}" if norm else "-", str(len(r.returns)))
+    console.print(table)
+    console.print(f"checkpoint: {result.checkpoint}", soft_wrap=True, highlight=False)
 
 
 @app.command(epilog="Examples:\n\n  dtrl quickstart\n\n  dtrl quickstart --steps 500 --episodes 3 --out-dir runs/qs-short")

@@ -1,8 +1,9 @@
-"""Every hyperparameter, as documented fields of two dataclasses.
+"""Every hyperparameter, as documented fields of dataclasses.
 
 ``ModelConfig`` describes the network and travels inside every checkpoint;
 ``TrainConfig`` describes a training run and is written, resolved, into the
-run directory. Defaults are the paper's D4RL gym settings (Chen et al. 2021,
+run directory; ``FinetuneConfig`` describes online fine-tuning (``dtrl
+finetune``). Defaults are the paper's D4RL gym settings (Chen et al. 2021,
 appendix A). Configs come from YAML files plus ``key=value`` overrides
 (``model.n_layer=2 steps=500``); unknown keys, wrong types and out-of-range
 values are rejected with a message naming the key.
@@ -30,6 +31,10 @@ class ModelConfig:
 
     observation_dim: int = 0
     """Size of the flat observation vector (set from the dataset)."""
+    observation_shape: list[int] = field(default_factory=list)
+    """Image observations: (channels, height, width), embedded by the Nature-DQN CNN from uint8
+    pixels (set from the dataset, e.g. [4, 84, 84] for stacked Atari frames); empty: a flat
+    vector embedded linearly."""
     action_dim: int = 0
     """Continuous: action vector size; discrete: number of actions (set from the dataset)."""
     discrete: bool = False
@@ -53,6 +58,17 @@ class ModelConfig:
     activation_checkpointing: bool = False
     """Recompute each block's activations in the backward pass (torch.utils.checkpoint): far less
     activation memory for large models, at the cost of about one more forward pass per step."""
+    token_mixer: str = "attention"
+    """How blocks mix tokens: 'attention' (causal self-attention, the DT) or 'conv' (a causal
+    depthwise convolution over the last conv_kernel_size tokens, as in Decision ConvFormer)."""
+    conv_kernel_size: int = 6
+    """token_mixer='conv': tokens each convolution sees, the current one included (Decision ConvFormer: 6)."""
+    stochastic_policy: bool = False
+    """Continuous actions: a tanh-squashed Gaussian head trained by likelihood with an entropy bonus
+    whose temperature is learned towards a target entropy of -action_dim (Online DT); evaluation
+    uses the mean action, `dtrl finetune` samples."""
+    init_temperature: float = 0.1
+    """stochastic_policy: the entropy temperature at initialisation (Online DT: 0.1)."""
 
     def validate(self) -> None:
         _positive(self, "context_length", "max_episode_length", "n_layer", "n_head", "n_embd", "mlp_ratio")
@@ -62,6 +78,15 @@ class ModelConfig:
             raise DtrlError(f"model.dropout={self.dropout} must lie in [0, 1)")
         if self.activation not in ("relu", "gelu"):
             raise DtrlError(f"model.activation={self.activation!r}: choose 'relu' or 'gelu'")
+        if self.token_mixer not in ("attention", "conv"):
+            raise DtrlError(f"model.token_mixer={self.token_mixer!r}: choose 'attention' or 'conv'")
+        _positive(self, "conv_kernel_size")
+        if self.observation_shape and (len(self.observation_shape) != 3 or min(self.observation_shape) <= 0):
+            raise DtrlError(
+                f"model.observation_shape={self.observation_shape} must be [channels, height, width] or empty"
+            )
+        if not self.init_temperature > 0:
+            raise DtrlError(f"model.init_temperature={self.init_temperature} must be > 0")
 
 
 @dataclass
@@ -79,6 +104,12 @@ class TrainConfig:
     """'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'."""
     num_threads: int = 0
     """CPU threads for torch; 0 keeps torch's default."""
+    precision: str = "fp32"
+    """'fp32' (exact) or 'bf16': forward and loss under bfloat16 autocast, weights and optimizer
+    in float32 (faster on GPUs and on CPUs with AMX; see docs/performance.md)."""
+    compile: bool = False
+    """torch.compile the model (on CUDA with CUDA graphs); falls back to eager with a warning
+    when compilation fails."""
     model: ModelConfig = field(default_factory=ModelConfig)
     top_fraction: float = 1.0
     """Train on this fraction of episodes, highest returns first (0.1 with model.condition_on_return=false: %BC)."""
@@ -101,6 +132,11 @@ class TrainConfig:
     eval_every: int = 0
     """Evaluate in the environment every N steps (0: only at the end)."""
     eval_episodes: int = 10
+    eval_max_episode_steps: int = 0
+    """Cut evaluation episodes off after this many steps; 0: the environment's own limit (Atari: 27,000)."""
+    eval_sample_actions: bool = False
+    """Discrete actions: sample them from the predicted distribution (the paper's Atari evaluation)
+    rather than take the most likely one."""
     target_returns: list[float] = field(default_factory=list)
     """Targets to evaluate at; empty: the best return in the dataset."""
     wandb: bool = False
@@ -114,9 +150,58 @@ class TrainConfig:
                 raise DtrlError(f"{name}={getattr(self, name)} must be > 0")
         if not 0.0 < self.top_fraction <= 1.0:
             raise DtrlError(f"top_fraction={self.top_fraction} must lie in (0, 1]")
-        for name in ("weight_decay", "warmup_steps", "grad_clip", "eval_every", "num_threads"):
+        if self.precision not in ("fp32", "bf16"):
+            raise DtrlError(f"precision={self.precision!r}: choose 'fp32' or 'bf16'")
+        for name in ("weight_decay", "warmup_steps", "grad_clip", "eval_every", "num_threads", "eval_max_episode_steps"):
             if getattr(self, name) < 0:
                 raise DtrlError(f"{name}={getattr(self, name)} must be >= 0")
+
+
+@dataclass
+class FinetuneConfig:
+    """Online fine-tuning of a stochastic-policy checkpoint (`dtrl finetune`, Online DT).
+
+    Defaults follow ODT's gym settings (buffer, updates per rollout, learning rate,
+    weight decay), with a CPU-sized online budget.
+    """
+
+    env: str = ""
+    """Gymnasium id to fine-tune in; empty: the env the checkpoint was trained for."""
+    steps: int = 10_000
+    """Online budget: environment steps collected in total."""
+    out_dir: str = "runs/finetune"
+    target_return: float = 0.0
+    """Return the rollouts are conditioned on; 0: twice the evaluation target (ODT's choice)."""
+    eval_target: float = 0.0
+    """Return the evaluation is conditioned on; 0: the best return in the offline data."""
+    rollouts_per_iteration: int = 1
+    """Episodes collected (in parallel) before each round of updates."""
+    updates_per_iteration: int = 300
+    """Gradient steps after each round of rollouts."""
+    buffer_size: int = 1000
+    """Replay capacity in trajectories; it starts with the offline data's best trajectories."""
+    batch_size: int = 64
+    learning_rate: float = 1e-4
+    weight_decay: float = 5e-4
+    grad_clip: float = 0.25
+    eval_episodes: int = 10
+    eval_every: int = 0
+    """Evaluate every N environment steps (0: only before and after fine-tuning)."""
+    seed: int = 0
+    """Seeds rollouts (episodes start from seeds 1,000,000 + 100,000·seed on), action sampling and dropout."""
+    eval_seed: int = 0
+    """Evaluation episode i starts from seed eval_seed + i, before and after fine-tuning alike."""
+    device: str = "auto"
+
+    def validate(self) -> None:
+        for name in ("steps", "rollouts_per_iteration", "updates_per_iteration", "buffer_size", "batch_size", "eval_episodes"):
+            if getattr(self, name) <= 0:
+                raise DtrlError(f"{name.replace('_', '-')}={getattr(self, name)} must be a positive integer")
+        if not self.learning_rate > 0:
+            raise DtrlError(f"learning-rate={self.learning_rate} must be > 0")
+        for name in ("weight_decay", "grad_clip", "eval_every", "target_return", "eval_target"):
+            if getattr(self, name) < 0:
+                raise DtrlError(f"{name.replace('_', '-')}={getattr(self, name)} must be >= 0")
 
 
 def _positive(obj: Any, *names: str) -> None:

@@ -7,6 +7,8 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+from dtrl import atari
+from dtrl.atari import is_atari
 from dtrl.errors import DtrlError
 
 # D4RL's reference returns (random, expert) for its gym locomotion tasks, from
@@ -21,6 +23,9 @@ D4RL_REF_SCORES: dict[str, tuple[float, float]] = {
 
 def check_env_id(env_id: str) -> None:
     """Fail early, in one line, on an id gymnasium does not know."""
+    if is_atari(env_id):
+        atari.make_env(env_id).close()  # registers the ALE games, or says what is missing
+        return
     try:
         gym.spec(env_id)
     except gym.error.Error as e:
@@ -29,11 +34,15 @@ def check_env_id(env_id: str) -> None:
         raise DtrlError(f"unknown environment id {env_id!r}: {str(e).splitlines()[0]}{hint}") from None
 
 
-def make_vector_env(env_id: str, num_envs: int) -> gym.vector.VectorEnv:
-    """Synchronous vector env: one process, one batched model call per step."""
+def make_vector_env(env_id: str, num_envs: int, max_episode_steps: int | None = None) -> gym.vector.VectorEnv:
+    """Synchronous vector env: one process, one batched model call per step; ``max_episode_steps``
+    caps episodes. Atari games get DQN-replay's wrappers (:func:`dtrl.atari.make_env`)."""
+    if is_atari(env_id):
+        return atari.make_vector_env(env_id, num_envs, max_episode_steps)
     check_env_id(env_id)
     try:
-        return gym.make_vec(env_id, num_envs=num_envs, vectorization_mode="sync")
+        limit = {"max_episode_steps": max_episode_steps} if max_episode_steps else {}
+        return gym.make_vec(env_id, num_envs=num_envs, vectorization_mode="sync", **limit)
     except gym.error.DependencyNotInstalled as e:
         raise DtrlError(f"environment {env_id} needs a missing package: {str(e).splitlines()[0]}") from None
 
@@ -64,14 +73,30 @@ def check_fits(
 
 
 def reference_scores(env_id: str | None, known: dict[str, float] | None = None) -> dict[str, float]:
-    """Random / expert reference returns: the dataset's own, else D4RL's for its gym tasks."""
+    """Random / expert reference returns: the dataset's own, else D4RL's for its gym tasks, or the
+    published random / gamer scores for Atari games (the gamer-normalised score)."""
     if known and "random" in known and "expert" in known:
         return {"random": float(known["random"]), "expert": float(known["expert"])}
+    if is_atari(env_id) and atari.game_of(str(env_id)) in atari.GAMER_REF_SCORES:
+        return atari.gamer_reference(str(env_id))
     family = (env_id or "").split("-")[0].split("/")[-1].lower()
     if family in D4RL_REF_SCORES:
         low, high = D4RL_REF_SCORES[family]
         return {"random": low, "expert": high}
     return {}
+
+
+def success_return(env_id: str | None) -> float | None:
+    """The return that marks a success for envs that declare one (``metadata["success_return"]``,
+    e.g. Key-to-Door's 1), so evaluation can report the success rate; None for the others."""
+    if not env_id or is_atari(env_id):
+        return None
+    try:
+        creator = gym.envs.registration.load_env_creator(gym.spec(env_id).entry_point)
+    except (gym.error.Error, ImportError, AttributeError):
+        return None
+    value = getattr(creator, "metadata", {}).get("success_return")
+    return None if value is None else float(value)
 
 
 def normalized_score(value: float | np.ndarray, ref: dict[str, float]) -> float | np.ndarray:

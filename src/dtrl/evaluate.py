@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 import gymnasium as gym
 import numpy as np
 
-from dtrl.envs import check_env_id, make_vector_env, normalized_score, reference_scores
+from dtrl.envs import check_env_id, make_vector_env, normalized_score, reference_scores, success_return
 from dtrl.policy import DecisionTransformerPolicy
 
 
@@ -23,6 +23,12 @@ class EvalResult:
     returns: np.ndarray
     lengths: np.ndarray
     ref_scores: dict[str, float] = field(default_factory=dict)
+    success_return: float | None = None  # envs with a success return (Key-to-Door): success rate reported
+
+    @property
+    def success_rate(self) -> float | None:
+        """Fraction of episodes whose return reached the env's success return, when it has one."""
+        return None if self.success_return is None else float((self.returns >= self.success_return).mean())
 
     @property
     def mean(self) -> float:
@@ -51,6 +57,8 @@ class EvalResult:
         }
         if self.normalized:
             d["normalized_mean"], d["normalized_std"] = self.normalized
+        if self.success_rate is not None:
+            d["success_rate"] = self.success_rate
         return d
 
 
@@ -60,6 +68,7 @@ def rollout(
     act: Callable[[np.ndarray, np.ndarray], np.ndarray],
     check: Callable[[gym.vector.VectorEnv], None] | None = None,
     on_step: Callable[[int], None] | None = None,
+    max_episode_steps: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Run one episode per seed, in parallel, to its end: returns and lengths.
 
@@ -68,7 +77,7 @@ def rollout(
     that finish early keep stepping until all are done, but nothing they do
     after their end is counted.
     """
-    envs = make_vector_env(env_id, len(seeds))
+    envs = make_vector_env(env_id, len(seeds), max_episode_steps)
     try:
         if check is not None:
             check(envs)
@@ -99,22 +108,34 @@ def evaluate(
     episodes: int = 10,
     seed: int = 0,
     on_step: Callable[[int], None] | None = None,
+    max_episode_steps: int | None = None,
 ) -> list[EvalResult]:
     """Return statistics per target over ``episodes`` episodes each, all run at once."""
     targets = np.repeat(np.asarray(target_returns, dtype=np.float64), episodes)
     seeds = seed + np.tile(np.arange(episodes), len(target_returns))
     policy.reset(targets, num_envs=len(targets))
-    returns, lengths = rollout(env_id, seeds, policy.act, lambda envs: policy.check_env(envs, env_id), on_step)
+    returns, lengths = rollout(
+        env_id, seeds, policy.act, lambda envs: policy.check_env(envs, env_id), on_step, max_episode_steps
+    )
     ref = reference_scores(env_id, policy.spec.ref_scores)
     chunks = [slice(j * episodes, (j + 1) * episodes) for j in range(len(target_returns))]
-    return [EvalResult(float(t), returns[c], lengths[c], ref) for t, c in zip(target_returns, chunks)]
+    success = success_return(env_id)
+    return [EvalResult(float(t), returns[c], lengths[c], ref, success) for t, c in zip(target_returns, chunks)]
 
 
-def evaluate_random(env_id: str, episodes: int = 10, seed: int = 0, ref_scores: dict[str, float] | None = None) -> EvalResult:
+def evaluate_random(
+    env_id: str,
+    episodes: int = 10,
+    seed: int = 0,
+    ref_scores: dict[str, float] | None = None,
+    max_episode_steps: int | None = None,
+) -> EvalResult:
     """The uniformly random policy on the same seeds: the floor every method must beat."""
     check_env_id(env_id)
     with gym.make(env_id) as env:
         actions = gym.vector.utils.batch_space(env.action_space, episodes)
     actions.seed(seed)
-    returns, lengths = rollout(env_id, seed + np.arange(episodes), lambda obs, reward: actions.sample())
-    return EvalResult(None, returns, lengths, reference_scores(env_id, ref_scores))
+    returns, lengths = rollout(
+        env_id, seed + np.arange(episodes), lambda obs, reward: actions.sample(), max_episode_steps=max_episode_steps
+    )
+    return EvalResult(None, returns, lengths, reference_scores(env_id, ref_scores), success_return(env_id))

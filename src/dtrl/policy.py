@@ -23,6 +23,7 @@ from dtrl.data.sampler import Normalizer
 from dtrl.envs import check_fits
 from dtrl.errors import DtrlError
 from dtrl.models import DecisionTransformer
+from dtrl.models.decision_transformer import DecodingCache
 
 
 def pick_device(device: str = "auto") -> torch.device:
@@ -34,8 +35,17 @@ def pick_device(device: str = "auto") -> torch.device:
 
 
 class DecisionTransformerPolicy:
-    def __init__(self, model: DecisionTransformer, spec: PolicySpec, device: str | torch.device = "cpu") -> None:
+    def __init__(
+        self, model: DecisionTransformer, spec: PolicySpec, device: str | torch.device = "cpu", kv_cache: bool = False
+    ) -> None:
+        """``kv_cache=True`` decodes incrementally (three new tokens per step, see
+        :class:`~dtrl.models.decision_transformer.DecodingCache`) when the model's blocks
+        all use attention; otherwise, and by default, each action recomputes the last K steps."""
         self.device = torch.device(device)
+        self.kv_cache = kv_cache and model.transformer.supports_kv_cache
+        self._sampler: torch.Generator | None = None
+        self._cache: DecodingCache | None = None
+        self._previous_actions: torch.Tensor | None = None
         self.model = model.to(self.device).eval()
         self.spec = spec
         self.normalizer = Normalizer.from_dict(spec.normalizer)
@@ -46,7 +56,7 @@ class DecisionTransformerPolicy:
         self._rtg: torch.Tensor | None = None
 
     @classmethod
-    def load(cls, path: str | os.PathLike, device: str = "auto") -> "DecisionTransformerPolicy":
+    def load(cls, path: str | os.PathLike, device: str = "auto", kv_cache: bool = False) -> "DecisionTransformerPolicy":
         spec, weights, directory = load_policy_files(path)
         model = DecisionTransformer(spec.model)
         try:
@@ -56,12 +66,16 @@ class DecisionTransformerPolicy:
                 f"weights in {directory} do not match its config.json ({str(e).splitlines()[0]}): "
                 "the checkpoint is from another model shape"
             ) from None
-        return cls(model, spec, pick_device(device))
+        return cls(model, spec, pick_device(device), kv_cache)
 
     def check_env(self, env: gym.Env | gym.vector.VectorEnv, env_id: str) -> None:
         obs_space = getattr(env, "single_observation_space", env.observation_space)
         act_space = getattr(env, "single_action_space", env.action_space)
         check_fits(obs_space, act_space, self.spec.observation_space, self.spec.action_space, env_id, self.spec.env_id)
+
+    def sample_discrete_actions(self, seed: int = 0) -> None:
+        """Draw discrete actions from the predicted distribution (seeded) instead of taking the most likely."""
+        self._sampler = torch.Generator().manual_seed(seed)
 
     # ------------------------------------------------------------------ episode API
     def reset(self, target_return: float | Sequence[float] | np.ndarray, num_envs: int | None = None) -> None:
@@ -80,6 +94,8 @@ class DecisionTransformerPolicy:
         self._timesteps = torch.zeros(n, K, dtype=torch.long, device=self.device)
         self._next_rtg = torch.as_tensor(np.broadcast_to(targets, (n,)) / self.spec.reward_scale, device=self.device).float()
         self._t = 0
+        self._cache = self.model.new_cache(n, self.device) if self.kv_cache else None
+        self._previous_actions = None
 
     @torch.inference_mode()
     def act(self, observation: np.ndarray, reward: float | np.ndarray = 0.0) -> np.ndarray:
@@ -94,6 +110,11 @@ class DecisionTransformerPolicy:
         if self._t > 0:
             r = torch.as_tensor(np.asarray(reward, dtype=np.float64).reshape(-1) / self.spec.reward_scale, device=self.device)
             self._next_rtg = self._next_rtg - r.float()
+        states = torch.from_numpy(self.normalizer.states(obs)).to(self.device)
+        if self._cache is not None:
+            timesteps = torch.full((obs.shape[0],), self._t, dtype=torch.long, device=self.device)
+            pred = self.model.step(self._cache, self._next_rtg, states, timesteps, self._previous_actions)
+            return self._to_env(pred)
         # Slide the window: slot n-1 holds the current step once it is full.
         n = min(self._t + 1, K)
         if self._t >= K:
@@ -101,16 +122,26 @@ class DecisionTransformerPolicy:
                 buf[:, :-1] = buf[:, 1:].clone()
         i = n - 1
         self._rtg[:, i] = self._next_rtg
-        self._states[:, i] = torch.from_numpy(self.normalizer.states(obs)).to(self.device)
+        self._states[:, i] = states
         self._actions[:, i] = 0
         self._timesteps[:, i] = self._t
         pred = self.model(self._rtg[:, :n], self._states[:, :n], self._actions[:, :n], self._timesteps[:, :n])[:, -1]
+        action = self._to_env(pred)
+        self._actions[:, i] = self._previous_actions
+        return action
+
+    def _to_env(self, pred: torch.Tensor) -> np.ndarray:
+        """Model output -> env action(s); remembers the model-space action, the next step's input."""
         if self.spec.model.discrete:
-            action_ids = pred.argmax(dim=-1)
-            self._actions[:, i] = action_ids
+            if self._sampler is None:
+                action_ids = pred.argmax(dim=-1)
+            else:  # the paper's Atari evaluation samples from the predicted distribution
+                action_ids = torch.multinomial(torch.softmax(pred.float(), -1).cpu(), 1, generator=self._sampler)[:, 0]
+                action_ids = action_ids.to(pred.device)
+            self._previous_actions = action_ids
             action = action_ids.cpu().numpy() + getattr(self.action_space, "start", 0)
         else:
-            self._actions[:, i] = pred.float()
+            self._previous_actions = pred.float()
             action = self.normalizer.actions_to_env(pred.float().cpu().numpy())
             if isinstance(self.action_space, gym.spaces.Box):
                 action = np.clip(action, self.action_space.low.reshape(-1), self.action_space.high.reshape(-1))
@@ -119,6 +150,6 @@ class DecisionTransformerPolicy:
         return action if self._batched else action[0]
 
 
-def load(path: str | os.PathLike, device: str = "auto") -> DecisionTransformerPolicy:
+def load(path: str | os.PathLike, device: str = "auto", kv_cache: bool = False) -> DecisionTransformerPolicy:
     """Load a policy from a run directory, a checkpoint or an exported policy directory."""
-    return DecisionTransformerPolicy.load(path, device)
+    return DecisionTransformerPolicy.load(path, device, kv_cache)

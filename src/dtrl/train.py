@@ -43,6 +43,7 @@ from dtrl.envs import check_env_id
 from dtrl.errors import DiskError, DtrlError, write_error
 from dtrl.evaluate import EvalResult, evaluate
 from dtrl.models import DecisionTransformer
+from dtrl.models.gaussian import TEMPERATURE, network_parameters, stochastic_action_loss, temperature
 from dtrl.policy import DecisionTransformerPolicy, pick_device
 from dtrl.tracking import start_wandb, write_run_info
 
@@ -68,7 +69,8 @@ def model_config_for(dataset: EpisodeDataset, model: ModelConfig, normalizer: No
     return ModelConfig(
         **{
             **to_dict(model),
-            "observation_dim": int(np.prod(dataset.observations.shape[1:])),
+            "observation_dim": int(np.prod(dataset.observation_shape)),
+            "observation_shape": list(dataset.observation_shape) if dataset.frame_stack else [],
             "action_dim": int(space.n) if discrete else int(np.prod(space.shape)),
             "discrete": discrete,
             "action_tanh": not discrete and normalizer.action_low is not None,
@@ -85,7 +87,11 @@ def action_loss(model: torch.nn.Module, batch: Batch, dist: Dist = Dist()) -> to
     rank's sum is scaled by world size / global count, so DDP's gradient
     average is exactly the union batch's gradient. The returned value is the
     union batch's loss on every rank, so logs and the divergence check agree.
+    A stochastic policy (Online DT) has its own loss: NLL − α·entropy plus the
+    temperature's (:func:`dtrl.models.gaussian.stochastic_action_loss`).
     """
+    if distributed.unwrap(model).config.stochastic_policy:
+        return stochastic_action_loss(model, batch, dist)
     pred = model(batch.returns_to_go, batch.states, batch.actions, batch.timesteps, batch.mask)
     loss_fn = F.cross_entropy if distributed.unwrap(model).config.discrete else F.mse_loss
     pred, target = pred[batch.mask].float(), batch.actions[batch.mask]
@@ -99,15 +105,52 @@ def action_loss(model: torch.nn.Module, batch: Batch, dist: Dist = Dist()) -> to
 
 
 def build_optimizer(
-    model: torch.nn.Module, config: TrainConfig
+    model: torch.nn.Module, config: TrainConfig, fused: bool | None = None
 ) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
-    """AdamW with the paper's linear learning-rate warm-up, constant afterwards."""
+    """AdamW with the paper's linear learning-rate warm-up, constant afterwards.
+
+    A stochastic policy's learned temperature is a second parameter group, without weight decay.
+    """
+    params: Any = model.parameters()
+    if distributed.unwrap(model).config.stochastic_policy:
+        alpha = [p for name, p in model.named_parameters() if name.rsplit(".", 1)[-1] == TEMPERATURE]
+        params = [{"params": list(network_parameters(model))}, {"params": alpha, "weight_decay": 0.0}]
+    if fused is None:  # one kernel for every parameter's update where the device has one: same maths, fewer passes
+        fused = next(model.parameters()).device.type in ("cpu", "cuda")
     optimizer = torch.optim.AdamW(
-        model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay, betas=config.betas
+        params, lr=config.learning_rate, weight_decay=config.weight_decay, betas=config.betas, fused=fused
     )
     warmup = config.warmup_steps
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min((s + 1) / warmup, 1.0) if warmup else 1.0)
     return optimizer, scheduler
+
+
+def autocast(config: TrainConfig, device: torch.device) -> torch.autocast:
+    """bfloat16 autocast for ``precision=bf16``; a disabled context (exact float32) otherwise."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
+
+
+class CompiledForward:
+    """``torch.compile`` of the training forward (CUDA graphs on GPU) that falls back to eager
+    with a warning if compilation fails, so ``compile=true`` never stops a run."""
+
+    def __init__(self, module: torch.nn.Module, device: torch.device) -> None:
+        self.eager = module
+        self.compiled: Callable[..., torch.Tensor] | None = torch.compile(
+            module, mode="reduce-overhead" if device.type == "cuda" else None
+        )
+
+    def __call__(self, *args: Any) -> torch.Tensor:
+        if self.compiled is not None:
+            try:
+                return self.compiled(*args)
+            except Exception as e:  # noqa: BLE001 (inductor raises many kinds; eager is always correct)
+                log.warning("torch.compile failed (%s): training in eager mode", str(e).splitlines()[0][:200])
+                self.compiled = None
+        return self.eager(*args)
+
+    def __getattr__(self, name: str) -> Any:  # .config and the like, which the loss functions read
+        return getattr(distributed.unwrap(self.eager), name)
 
 
 def rng_state(sampler: SegmentSampler, device: torch.device) -> dict[str, Any]:
@@ -354,7 +397,12 @@ def _train(
     def run_eval() -> list[EvalResult]:
         spec.step = step
         policy = DecisionTransformerPolicy(model, spec, device)
-        results = evaluate(policy, env_id, targets, config.eval_episodes, seed=config.seed)
+        if config.eval_sample_actions:
+            policy.sample_discrete_actions(config.seed)
+        results = evaluate(
+            policy, env_id, targets, config.eval_episodes, seed=config.seed,
+            max_episode_steps=config.eval_max_episode_steps or None,
+        )
         model.train()
         metrics = {}
         for r in results:
@@ -368,18 +416,21 @@ def _train(
         run_dir, enabled=dist.is_main, wandb_config=to_dict(config) if config.wandb else None, start_step=step
     )
     result = TrainResult(run_dir, run_dir)
-    forward = dist.wrap(model, device)
+    forward: Any = dist.wrap(model, device)
+    if config.compile:
+        forward = CompiledForward(forward, device)
     model.train()
     window: list[float] = []
     tick = time.perf_counter()
     try:
         while step < config.steps:
             batch = sampler.sample(config.batch_size)
-            loss = action_loss(forward, batch, dist)
+            with autocast(config, device):
+                loss = action_loss(forward, batch, dist)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(
-                model.parameters(), config.grad_clip if config.grad_clip > 0 else math.inf
+                network_parameters(model), config.grad_clip if config.grad_clip > 0 else math.inf
             )
             value = loss.item()
             if not math.isfinite(value) or not torch.isfinite(grad_norm):
@@ -403,6 +454,7 @@ def _train(
                         "train/learning_rate": scheduler.get_last_lr()[0],
                         "train/grad_norm": float(grad_norm),
                         "train/steps_per_second": len(window) / (now - tick),
+                        **({"train/temperature": temperature(model).item()} if model_config.stochastic_policy else {}),
                     },
                 )
                 result.losses.append((step, mean_loss))

@@ -48,27 +48,48 @@ def info_rows(dataset: Any) -> list[tuple[str, str]]:
 
 
 def collect(
-    env_id: str = typer.Argument(..., help="Gymnasium id, e.g. Hopper-v5, Walker2d-v5, HalfCheetah-v5."),
+    env_id: str = typer.Argument(..., help="Gymnasium id, e.g. Hopper-v5, Walker2d-v5, HalfCheetah-v5, ALE/Breakout-v5."),
     kinds: str = typer.Option(
         "random,medium,medium-replay,expert,medium-expert", "--kinds", help="Comma-separated dataset kinds."
     ),
-    transitions: int = typer.Option(1_000_000, "--transitions", min=1, help="Transitions per recorded dataset."),
+    transitions: Optional[int] = typer.Option(
+        None, "--transitions", min=1, help="Transitions per recorded dataset [default: 1,000,000; Atari: 500,000]."
+    ),
     seed: int = typer.Option(0, "--seed", help="Everything derives from it: agent, rollouts, reference scores."),
-    agent_steps: int = typer.Option(1_000_000, "--agent-steps", min=1, help="Env steps to train the behaviour agent."),
+    agent_steps: Optional[int] = typer.Option(
+        None, "--agent-steps", min=1, help="Env steps to train the behaviour agent [default: 1,000,000; Atari: 10,000,000]."
+    ),
     cache_dir: Optional[Path] = typer.Option(
         None, "--cache-dir", "--out", help="Where datasets and agents go (default: $DTRL_DATA_DIR or the user data dir)."
     ),
     max_episode_steps: int = typer.Option(1000, "--max-episode-steps", min=1, help="Episodes are truncated here."),
     ref_episodes: int = typer.Option(100, "--ref-episodes", min=1, help="Episodes per reference score."),
+    episodes: Optional[int] = typer.Option(
+        None, "--episodes", min=1, help="With --kinds random: record this many uniformly random episodes, no behaviour "
+        "agent (dataset <family>-random-<N>ep; e.g. dtrl/KeyToDoor-v0)."
+    ),
 ) -> None:
-    """Make D4RL-style datasets (random, medium, medium-replay, expert, medium-expert) with a PPO behaviour agent."""
+    """Make D4RL-style datasets (random, medium, medium-replay, expert, medium-expert) with a PPO behaviour agent;
+    for an ALE game (ALE/Breakout-v5), a DQN-replay-style dataset: every transition a PPO agent trained on,
+    sampled to the paper's 1% subset (--kinds, --max-episode-steps and --ref-episodes do not apply)."""
     from rich.progress import TaskID
 
     from dtrl.cli import console, progress_bar
     from dtrl.data.cache import default_cache_dir
-    from dtrl.data.collect import collect_d4rl
+    from dtrl.atari import game_of, is_atari
+    from dtrl.data.collect import collect_atari, collect_d4rl, collect_random
 
     root = cache_dir or default_cache_dir()
+    if episodes is not None:
+        if kinds != "random":
+            raise DtrlError(f"--episodes records random episodes only: pass --kinds random (got --kinds {kinds})")
+        path = collect_random(
+            env_id, episodes, seed=seed, cache_dir=root, max_episode_steps=max_episode_steps,
+            command=shlex.join(["dtrl", *sys.argv[1:]]),
+            log=lambda line: console.print(line, soft_wrap=True, highlight=False, markup=False),
+        )
+        console.print(f"{path.stem}: {path}", soft_wrap=True, highlight=False)
+        return
     tasks: dict[str, TaskID] = {}
     with progress_bar("collect", None) as bar:
         bar.remove_task(bar.task_ids[0])
@@ -81,19 +102,33 @@ def collect(
         def log(line: str) -> None:
             bar.console.print(line, soft_wrap=True, highlight=False, markup=False)
 
-        paths = collect_d4rl(
-            env_id,
-            [k.strip() for k in kinds.split(",") if k.strip()],
-            transitions=transitions,
-            seed=seed,
-            agent_steps=agent_steps,
-            cache_dir=root,
-            max_episode_steps=max_episode_steps,
-            ref_episodes=ref_episodes,
-            command=shlex.join(["dtrl", *sys.argv[1:]]),
-            progress=progress,
-            log=log,
-        )
+        if is_atari(env_id):
+            paths = {
+                f"{game_of(env_id)}-replay": collect_atari(
+                    env_id,
+                    transitions=transitions or 500_000,
+                    seed=seed,
+                    agent_steps=agent_steps or 10_000_000,
+                    cache_dir=root,
+                    command=shlex.join(["dtrl", *sys.argv[1:]]),
+                    progress=progress,
+                    log=log,
+                )
+            }
+        else:
+            paths = collect_d4rl(
+                env_id,
+                [k.strip() for k in kinds.split(",") if k.strip()],
+                transitions=transitions or 1_000_000,
+                seed=seed,
+                agent_steps=agent_steps or 1_000_000,
+                cache_dir=root,
+                max_episode_steps=max_episode_steps,
+                ref_episodes=ref_episodes,
+                command=shlex.join(["dtrl", *sys.argv[1:]]),
+                progress=progress,
+                log=log,
+            )
     for name, path in paths.items():
         console.print(f"{name}: {path}", soft_wrap=True, highlight=False)
 
@@ -156,7 +191,9 @@ def register(data_app: typer.Typer) -> None:
     data_app.command(
         "collect",
         epilog="Examples:\n\n  dtrl data collect Hopper-v5\n\n"
-        "  dtrl data collect Walker2d-v5 --kinds medium,medium-replay --transitions 200000 --seed 1",
+        "  dtrl data collect Walker2d-v5 --kinds medium,medium-replay --transitions 200000 --seed 1\n\n"
+        "  dtrl data collect ALE/Breakout-v5 --transitions 500000\n\n"
+        "  dtrl data collect dtrl/KeyToDoor-v0 --kinds random --episodes 1000",
     )(collect)
     data_app.command(
         "export",

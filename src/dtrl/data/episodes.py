@@ -234,9 +234,10 @@ class EpisodeDataset:
                 "with no empty episode"
             )
         if isinstance(self.observation_space, gym.spaces.Box):
-            if tuple(self.observations.shape[1:]) != tuple(self.observation_space.shape):
+            if self.observation_shape != tuple(self.observation_space.shape):
+                stacked = f" (stacks of {self.frame_stack} frames)" if self.frame_stack else ""
                 raise DtrlError(
-                    f"{where}: observations have shape {self.observations.shape[1:]} per step "
+                    f"{where}: observations have shape {self.observation_shape}{stacked} per step "
                     f"but the observation space is {self.observation_space.shape}"
                 )
         if isinstance(self.action_space, gym.spaces.Discrete):
@@ -277,6 +278,18 @@ class EpisodeDataset:
     def on_disk(self) -> bool:
         """Whether the arrays are memory-mapped from an on-disk store rather than held in memory."""
         return False
+
+    @property
+    def frame_stack(self) -> int:
+        """Image datasets that keep one frame per step (Atari): frames per observation, rebuilt by
+        :func:`dtrl.atari.stack_frames` from the episode's previous steps; 0 for every other dataset."""
+        return int(self.metadata.get("frame_stack", 0))
+
+    @property
+    def observation_shape(self) -> tuple[int, ...]:
+        """The shape of one observation as the environment gives it (a stack of frames for Atari)."""
+        per_step = tuple(self.observations.shape[1:])
+        return (self.frame_stack, *per_step) if self.frame_stack else per_step
 
     def state_statistics(self) -> tuple[np.ndarray, np.ndarray]:
         """Per-dimension mean and standard deviation (+1e-6) of the flattened observations, as float32."""

@@ -18,6 +18,7 @@ import gymnasium as gym
 import numpy as np
 
 from dtrl.data.cache import cached_dataset
+from dtrl.data.dqn_replay import is_dqn_replay, read_dqn_replay
 from dtrl.data.episodes import NATIVE_SUFFIX, Episode, EpisodeDataset, infer_box
 from dtrl.data.store import is_store, open_store
 from dtrl.errors import DtrlError
@@ -27,7 +28,7 @@ D4RL_SUFFIXES = (".hdf5", ".h5")
 # A Minari id is "namespace/.../name-vN": word characters and dashes split by '/'.
 _MINARI_ID = re.compile(r"^[\w-]+(?:/[\w-]+)+$")
 _FORMATS_HINT = (
-    "give a .npz (dtrl), .hdf5 (D4RL) file, a dtrl store or Minari dataset directory, a Minari id, "
+    "give a .npz (dtrl), .hdf5 (D4RL) file, a dtrl store, DQN-replay or Minari dataset directory, a Minari id, "
     "or the name of a cached dataset (`dtrl data list`; make one with `dtrl data collect`)"
 )
 
@@ -247,7 +248,8 @@ def load_dataset(source: str | os.PathLike, env_id: str | None = None) -> Episod
     """Read any dataset dtrl understands, choosing the reader from what ``source`` is.
 
     ``.npz`` is dtrl's own format, ``.hdf5`` / ``.h5`` a D4RL file, a directory
-    marked as a dtrl store (:mod:`dtrl.data.store`) is opened memory-mapped, and
+    marked as a dtrl store (:mod:`dtrl.data.store`) is opened memory-mapped, a DQN-replay
+    ``replay_logs`` directory gives the paper's 1% subset (:mod:`dtrl.data.dqn_replay`), and
     any other directory or a ``namespace/name-vN`` string is a Minari dataset; a plain name such as
     ``hopper-medium-replay`` is a dataset in dtrl's cache (:mod:`dtrl.data.cache`). ``env_id``, when given,
     overrides the environment recorded with the data (D4RL files record none).
@@ -260,6 +262,8 @@ def load_dataset(source: str | os.PathLike, env_id: str | None = None) -> Episod
         dataset = read_d4rl(path)
     elif path.is_dir() and is_store(path):
         dataset = open_store(path)
+    elif path.is_dir() and is_dqn_replay(path):
+        dataset = read_dqn_replay(path, env_id=env_id)
     elif path.is_dir() or (
         not path.exists() and isinstance(source, str) and _MINARI_ID.match(source)
     ):

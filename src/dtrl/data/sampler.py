@@ -25,7 +25,9 @@ import gymnasium as gym
 import numpy as np
 import torch
 
+from dtrl.atari import stack_frames
 from dtrl.data.episodes import EpisodeDataset, returns_to_go
+from dtrl.errors import DtrlError
 
 
 @dataclass
@@ -39,7 +41,10 @@ class Normalizer:
 
     @classmethod
     def from_dataset(cls, dataset: EpisodeDataset) -> "Normalizer":
-        mean, std = dataset.state_statistics()
+        if dataset.frame_stack:  # uint8 pixels pass unchanged: the model's encoder scales them
+            mean, std = np.zeros(1, np.float32), np.ones(1, np.float32)
+        else:
+            mean, std = dataset.state_statistics()
         low = high = None
         space = dataset.action_space
         if isinstance(space, gym.spaces.Box) and np.all(np.isfinite(space.low)) and np.all(np.isfinite(space.high)):
@@ -81,7 +86,7 @@ class Normalizer:
 @dataclass
 class Batch:
     returns_to_go: torch.Tensor  # (B, K) float, divided by the reward scale
-    states: torch.Tensor  # (B, K, obs) float, normalised
+    states: torch.Tensor  # (B, K, obs) float, normalised; uint8 pixels for image datasets
     actions: torch.Tensor  # (B, K, act) float in model space, or (B, K) long
     timesteps: torch.Tensor  # (B, K) long
     mask: torch.Tensor  # (B, K) bool, False on left padding
@@ -126,6 +131,9 @@ class SegmentSampler:
         self.device = torch.device(device)
         self.normalizer = normalizer or Normalizer.from_dataset(dataset)
         self.from_disk = dataset.on_disk if from_disk is None else from_disk
+        self.frame_stack = dataset.frame_stack
+        if self.frame_stack and self.from_disk:
+            raise DtrlError("image datasets are sampled from memory only: load the dataset's .npz, not a store")
         n = len(dataset)
         starts = dataset.episode_starts
         lengths = np.diff(starts)
@@ -144,7 +152,10 @@ class SegmentSampler:
         def put(a: np.ndarray) -> torch.Tensor:
             return torch.from_numpy(np.ascontiguousarray(a)).to(self.device)
 
-        self.states = put(self.normalizer.states(dataset.observations))
+        if self.frame_stack:  # one uint8 frame per step, stacked per batch: never expanded to float
+            self.frames = put(dataset.observations)
+        else:
+            self.states = put(self.normalizer.states(dataset.observations))
         actions = dataset.actions.astype(np.int64) if discrete else self.normalizer.actions_to_model(dataset.actions)
         self.actions = put(actions if discrete else actions.astype(np.float32).reshape(n, -1))
         rtg = returns_to_go(dataset.rewards, starts) / reward_scale
@@ -170,7 +181,8 @@ class SegmentSampler:
             returns, states, actions, timesteps = self._read_rows(index, episode)
             mask = mask.to(self.device)
         else:
-            returns, states, actions = self.returns_to_go[index], self.states[index], self.actions[index]
+            returns, actions = self.returns_to_go[index], self.actions[index]
+            states = self._stacked(index) if self.frame_stack else self.states[index]
             timesteps = self.timesteps[index]
         m = mask.unsqueeze(-1)
         return Batch(
@@ -180,6 +192,11 @@ class SegmentSampler:
             timesteps=timesteps * mask,
             mask=mask,
         )
+
+    def _stacked(self, index: torch.Tensor) -> torch.Tensor:
+        """(B, K, frame_stack · H · W) uint8 observations of the steps ``index``."""
+        stacked = stack_frames(self.frames, index, self.timesteps[index], self.frame_stack)
+        return stacked.reshape(*index.shape, -1)
 
     def _read_rows(self, index: torch.Tensor, episode: np.ndarray) -> tuple[torch.Tensor, ...]:
         """Read and transform only the rows of one batch, exactly as the in-memory mode precomputes them.

@@ -7,6 +7,9 @@ LayerNorm and a causal transformer. The hidden state at token ``s_t`` predicts
 ``a_t``: it has seen every return-to-go and state up to t and every action
 before t, never ``a_t`` itself. With ``condition_on_return=False`` the return
 tokens are left out and the same network becomes a behaviour-cloning baseline.
+``token_mixer="conv"`` swaps attention for Decision ConvFormer's causal
+convolution (:mod:`dtrl.models.mixers`); ``stochastic_policy`` adds the Online
+DT's Gaussian head and learned entropy temperature (:mod:`dtrl.models.gaussian`).
 """
 
 from __future__ import annotations
@@ -15,7 +18,10 @@ import torch
 from torch import nn
 
 from dtrl.config import ModelConfig
-from dtrl.models.transformer import Transformer, causal_padding_mask, init_gpt2_weights
+from dtrl.errors import DtrlError
+from dtrl.models.encoders import NatureCNN
+from dtrl.models.gaussian import bounded_log_std, init_log_temperature
+from dtrl.models.transformer import KVCache, Transformer, causal_padding_mask, init_gpt2_weights
 
 
 class DecisionTransformer(nn.Module):
@@ -23,11 +29,18 @@ class DecisionTransformer(nn.Module):
         super().__init__()
         if config.observation_dim <= 0 or config.action_dim <= 0:
             raise ValueError("ModelConfig.observation_dim and action_dim must be set from the dataset")
+        if config.stochastic_policy and (config.discrete or not config.action_tanh):
+            raise DtrlError(
+                "model.stochastic_policy=true needs continuous actions in a bounded box: "
+                "leave it false for discrete or unbounded action spaces"
+            )
         self.config = config
         d = config.n_embd
         self.embed_timestep = nn.Embedding(config.max_episode_length, d)
         self.embed_return = nn.Linear(1, d) if config.condition_on_return else None
-        self.embed_state = nn.Linear(config.observation_dim, d)
+        self.embed_state: nn.Module = (
+            NatureCNN(config.observation_shape, d) if config.observation_shape else nn.Linear(config.observation_dim, d)
+        )
         if config.discrete:
             self.embed_action: nn.Module = nn.Embedding(config.action_dim, d)
         else:
@@ -42,8 +55,14 @@ class DecisionTransformer(nn.Module):
             config.activation,
             config.dropout,
             config.activation_checkpointing,
+            config.token_mixer,
+            config.conv_kernel_size,
+            3 if config.condition_on_return else 2,
         )
         self.action_head = nn.Linear(d, config.action_dim)
+        if config.stochastic_policy:  # the action head then predicts the Gaussian's mean
+            self.action_log_std = nn.Linear(d, config.action_dim)
+            self.log_temperature = init_log_temperature(config.init_temperature)
         init_gpt2_weights(self, config.n_layer)
 
     def forward(
@@ -53,31 +72,123 @@ class DecisionTransformer(nn.Module):
         actions: torch.Tensor,
         timesteps: torch.Tensor,
         mask: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+        distribution: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Predict the action at every step.
 
         Shapes: returns_to_go (B, T) already divided by the reward scale; states
         (B, T, obs) normalised; actions (B, T, act) in [-1, 1], or (B, T) integer
         ids when discrete; timesteps (B, T) int; mask (B, T) bool with False on
         left padding (None: no padding). Returns (B, T, act): tanh-squashed
-        actions for continuous control, logits for discrete.
+        actions for continuous control, logits for discrete. A stochastic policy
+        predicts the tanh of its Gaussian's mean, or with ``distribution=True``
+        the pre-squash mean and log standard deviation, each (B, T, act).
         """
         B, T = timesteps.shape
         time = self.embed_timestep(timesteps.clamp(max=self.config.max_episode_length - 1))
+        dtype = states.dtype if states.is_floating_point() else time.dtype  # uint8 pixels: the model's
         if not self.config.discrete:
-            actions = actions.to(states.dtype)
+            actions = actions.to(dtype)
         per_step = [self.embed_state(states) + time, self.embed_action(actions) + time]
         if self.config.condition_on_return:
-            per_step.insert(0, self.embed_return(returns_to_go.unsqueeze(-1).to(states.dtype)) + time)
+            per_step.insert(0, self.embed_return(returns_to_go.unsqueeze(-1).to(dtype)) + time)
         n = len(per_step)
         tokens = torch.stack(per_step, dim=2).reshape(B, n * T, -1)
         x = self.embed_dropout(self.embed_ln(tokens))
         attn_mask = None if mask is None else causal_padding_mask(mask.repeat_interleave(n, dim=1))
         h = self.transformer(x, attn_mask)
-        pred = self.action_head(h[:, n - 2 :: n])  # hidden state at each s_t token
+        h_state = h[:, n - 2 :: n]  # hidden state at each s_t token
+        pred = self.action_head(h_state)
+        if distribution:
+            return pred, bounded_log_std(self.action_log_std(h_state))
         if not self.config.discrete and self.config.action_tanh:
+            pred = torch.tanh(pred)
+        return pred
+
+    # ------------------------------------------------------------------ incremental decoding
+    def new_cache(self, batch: int, device: torch.device | str = "cpu") -> "DecodingCache":
+        """An empty key/value cache for ``batch`` episodes that advance in lockstep."""
+        if not self.transformer.supports_kv_cache:
+            raise DtrlError(
+                f"model.token_mixer={self.config.token_mixer!r} has no key/value cache: "
+                "use the full-recompute policy (kv_cache=False)"
+            )
+        return DecodingCache(self, batch, torch.device(device))
+
+    def step(
+        self,
+        cache: "DecodingCache",
+        returns_to_go: torch.Tensor,
+        states: torch.Tensor,
+        timesteps: torch.Tensor,
+        previous_actions: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """Predict the action of the next step, feeding only its new tokens through the network.
+
+        Shapes: returns_to_go (B,), states (B, obs), timesteps (B,) int,
+        previous_actions (B, act) float or (B,) int: the actions taken at the
+        previous step, None at the first. Each step adds ``a_{t-1}, R_t, s_t``;
+        the oldest step's keys and values leave the window once it holds K
+        steps. Returns (B, act) like :meth:`forward` at the last position.
+        """
+        cfg = self.config
+        time = self.embed_timestep(timesteps.clamp(max=cfg.max_episode_length - 1))
+        tokens = []
+        dtype = states.dtype if states.is_floating_point() else time.dtype  # uint8 pixels: the model's
+        if cache.step_count > 0:
+            if previous_actions is None:
+                raise DtrlError("step() after the first needs previous_actions: the actions just taken")
+            a = previous_actions if cfg.discrete else previous_actions.to(dtype)
+            tokens.append(self.embed_action(a) + cache.previous_time)
+        if cfg.condition_on_return:
+            tokens.append(self.embed_return(returns_to_go.unsqueeze(-1).to(dtype)) + time)
+        tokens.append(self.embed_state(states) + time)
+        x = self.embed_ln(torch.stack(tokens, dim=1))
+        h = self.transformer(x, cache.advance(len(tokens)), cache.layers)
+        cache.previous_time = time
+        pred = self.action_head(h[:, -1])
+        if not cfg.discrete and cfg.action_tanh:
             pred = torch.tanh(pred)
         return pred
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+class DecodingCache:
+    """Per-layer key/value caches plus the bookkeeping of which token sits in which slot.
+
+    Token ``i`` of the interleaved sequence (``R_t, s_t, a_t`` at ``n t``,
+    ``n t + 1``, ``n t + 2`` for n = 3 tokens per step) lives in slot
+    ``i mod nK``. While the episode is shorter than K steps this is exactly the
+    full causal computation; afterwards every new token attends to the
+    current window's cached keys, whose deeper-layer values were computed
+    when those tokens arrived (sliding-window attention, as in Mistral) rather
+    than recomputed within the new window.
+    """
+
+    def __init__(self, model: DecisionTransformer, batch: int, device: torch.device) -> None:
+        cfg = model.config
+        self.tokens_per_step = 3 if cfg.condition_on_return else 2
+        self.context_length = cfg.context_length
+        capacity = self.tokens_per_step * cfg.context_length
+        dtype = next(model.parameters()).dtype
+        head_dim = cfg.n_embd // cfg.n_head
+        self.layers = [KVCache(batch, cfg.n_head, head_dim, capacity, device, dtype) for _ in range(cfg.n_layer)]
+        self.slot_token = torch.full((capacity,), -1, dtype=torch.long, device=device)  # -1: empty
+        self.step_count = 0
+        self.previous_time: torch.Tensor | None = None
+
+    def advance(self, new_tokens: int) -> torch.Tensor:
+        """Claim slots for this step's tokens; return the (1, 1, new, capacity) attention mask."""
+        n, t = self.tokens_per_step, self.step_count
+        last = n * t + n - 2  # index of s_t, the last new token
+        index = torch.arange(last - new_tokens + 1, last + 1, device=self.slot_token.device)
+        slots = index % self.slot_token.numel()
+        self.slot_token[slots] = index
+        for layer in self.layers:
+            layer.slots = slots
+        window_start = max(n * (t - self.context_length + 1), 0)  # empty slots hold -1
+        key = self.slot_token[None, :]
+        self.step_count += 1
+        return ((key >= window_start) & (key <= index[:, None]))[None, None]

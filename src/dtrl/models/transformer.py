@@ -14,6 +14,31 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from dtrl.models.mixers import CausalConvMixer
+
+
+class KVCache:
+    """One attention layer's keys and values for the most recent tokens, in a ring of ``capacity`` slots.
+
+    Attention ignores the order of its keys (the Decision Transformer adds
+    timestep embeddings to its tokens and attention has no positions of its
+    own), so new tokens simply overwrite the oldest slots; the caller's mask
+    says which slots a query may see. All rows of the batch advance together.
+    """
+
+    def __init__(
+        self, batch: int, n_head: int, head_dim: int, capacity: int, device: torch.device, dtype: torch.dtype
+    ) -> None:
+        self.keys = torch.zeros(batch, n_head, capacity, head_dim, device=device, dtype=dtype)
+        self.values = torch.zeros_like(self.keys)
+        self.slots: torch.Tensor | None = None  # where the next write goes, set per step by the owner
+
+    def write(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store the new tokens' keys and values (B, H, T, D); return the whole cache to attend over."""
+        self.keys.index_copy_(2, self.slots, k.to(self.keys.dtype))
+        self.values.index_copy_(2, self.slots, v.to(self.values.dtype))
+        return self.keys, self.values
+
 
 class CausalSelfAttention(nn.Module):
     def __init__(self, n_embd: int, n_head: int, dropout: float) -> None:
@@ -24,10 +49,19 @@ class CausalSelfAttention(nn.Module):
         self.attn_dropout = dropout
         self.resid_dropout = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
-        """``attn_mask``: bool (B, 1, T, T), True where a query may attend; None means plain causal."""
+    def forward(
+        self, x: torch.Tensor, attn_mask: torch.Tensor | None, cache: KVCache | None = None
+    ) -> torch.Tensor:
+        """``attn_mask``: bool (B, 1, T, T), True where a query may attend; None means plain causal.
+
+        With a ``cache``, ``x`` holds only the new tokens: their keys and values are
+        written into the cache first and ``attn_mask`` (1, 1, T, capacity) says
+        which cache slots each new token may attend to.
+        """
         B, T, C = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4)
+        if cache is not None:
+            k, v = cache.write(k, v)
         y = F.scaled_dot_product_attention(
             q,
             k,
@@ -52,15 +86,36 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, n_embd: int, n_head: int, mlp_ratio: int, activation: str, dropout: float) -> None:
+    """Pre-LayerNorm block; the token mixer is causal self-attention (``attn``) or a causal convolution (``conv``)."""
+
+    def __init__(
+        self,
+        n_embd: int,
+        n_head: int,
+        mlp_ratio: int,
+        activation: str,
+        dropout: float,
+        token_mixer: str = "attention",
+        conv_kernel_size: int = 6,
+        tokens_per_step: int = 3,
+    ) -> None:
         super().__init__()
         self.ln_1 = nn.LayerNorm(n_embd)
-        self.attn = CausalSelfAttention(n_embd, n_head, dropout)
+        self.uses_attention = token_mixer == "attention"
+        if self.uses_attention:
+            self.attn = CausalSelfAttention(n_embd, n_head, dropout)
+        else:
+            self.conv = CausalConvMixer(n_embd, conv_kernel_size, tokens_per_step, dropout)
         self.ln_2 = nn.LayerNorm(n_embd)
         self.mlp = MLP(n_embd, mlp_ratio, activation, dropout)
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), attn_mask)
+    def forward(
+        self, x: torch.Tensor, attn_mask: torch.Tensor | None, cache: KVCache | None = None
+    ) -> torch.Tensor:
+        if cache is not None:
+            x = x + self.attn(self.ln_1(x), attn_mask, cache)
+        else:
+            x = x + (self.attn if self.uses_attention else self.conv)(self.ln_1(x), attn_mask)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -76,15 +131,31 @@ class Transformer(nn.Module):
         activation: str,
         dropout: float,
         activation_checkpointing: bool = False,
+        token_mixer: str = "attention",
+        conv_kernel_size: int = 6,
+        tokens_per_step: int = 3,
     ) -> None:
         super().__init__()
         self.blocks = nn.ModuleList(
-            Block(n_embd, n_head, mlp_ratio, activation, dropout) for _ in range(n_layer)
+            Block(n_embd, n_head, mlp_ratio, activation, dropout, token_mixer, conv_kernel_size, tokens_per_step)
+            for _ in range(n_layer)
         )
         self.ln_f = nn.LayerNorm(n_embd)
         self.activation_checkpointing = activation_checkpointing
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+    @property
+    def supports_kv_cache(self) -> bool:
+        """Incremental decoding needs attention in every block (a convolution mixer has no key/value cache)."""
+        return all(block.uses_attention for block in self.blocks)
+
+    def forward(
+        self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, cache: list[KVCache] | None = None
+    ) -> torch.Tensor:
+        """``cache``: one :class:`KVCache` per block for incremental decoding (``x``: the new tokens only)."""
+        if cache is not None:
+            for block, layer_cache in zip(self.blocks, cache):
+                x = block(x, attn_mask, layer_cache)
+            return self.ln_f(x)
         recompute = self.activation_checkpointing and self.training and torch.is_grad_enabled()
         for block in self.blocks:
             # keeps only each block's input; the RNG state is replayed, so dropout masks match

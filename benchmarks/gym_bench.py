@@ -1,0 +1,513 @@
+"""The paper's gym experiment: DT against BC, %BC, CQL and IQL on the same episodes.
+
+    python benchmarks/gym_bench.py --budget cpu-reduced --datasets hopper-medium,hopper-medium-replay \\
+        --methods dt,bc,pbc,cql,iql --seeds 0,1,2          # run (resumable), then write the report
+    python benchmarks/gym_bench.py --report                        # redraw report + plots from the CSV
+
+Methods. ``dt``: the Decision Transformer with dtrl's paper defaults. ``bc``: the paper's BC
+variant, the *same transformer* trained without return tokens (``model.condition_on_return=false``),
+not an MLP. ``pbc``: that BC on the top ``--pbc-fraction`` (10%) of episodes by return.
+``cql`` / ``iql``: d3rlpy with its published D4RL settings, fed the very same episodes
+(``d3rlpy_adapter.py``; ``pip install -e ".[bench]"``).
+
+Protocol, identical for every method: the same number of gradient steps; evaluation at
+``eval_points`` evenly spaced steps (the last at the end of training, which is the reported
+score; no checkpoint is picked) over the same episodes, started from env seeds
+``EVAL_SEED + i``, far from the training seeds; the D4RL-normalised score with the dataset's
+reference returns. DT is conditioned on the best return in its dataset, and at the end also
+swept across targets (the calibration figure). The DT family's own end-of-chunk check
+(``eval_episodes=1`` on the training seed) is not used.
+
+Budgets. ``full``: the paper's (100k steps, DT at the paper's config, 100 evaluation
+episodes). ``cpu-reduced``: few steps and a smaller DT (2 layers, width 64, learning rate
+1e-3, warm-up 10% of the steps) for 2 shared CPU cores; its numbers are a demonstration of
+the harness, never the paper's protocol, and the report says so.
+
+Every finished (method, dataset, seed, budget, steps) cell is one line appended atomically to
+``results/gym.csv``; a rerun skips finished cells, so a killed run continues where it stopped
+(a cell cut short restarts from its beginning). ``--shard I/N`` runs every N-th cell, so N
+processes can share one GPU. ``--report`` writes ``results/gym.md`` and the PNGs from the CSV.
+(Not ``benchmarks/gym.py``: that name would shadow the ``gym`` package d3rlpy imports.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import importlib.metadata
+import io
+import json
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESULTS, environment  # noqa: E402
+
+import dtrl  # noqa: E402
+from dtrl.calibrate import calibrate  # noqa: E402
+from dtrl.config import load_config  # noqa: E402
+from dtrl.data.episodes import EpisodeDataset, append_line, atomic_write  # noqa: E402
+from dtrl.errors import DtrlError  # noqa: E402
+from dtrl.evaluate import EvalResult, evaluate  # noqa: E402
+from dtrl.train import open_dataset, train  # noqa: E402
+
+METHODS = ("dt", "bc", "pbc", "cql", "iql")
+LABELS = {"dt": "DT", "bc": "BC (same transformer, no returns)", "pbc": "%BC", "cql": "CQL (d3rlpy)", "iql": "IQL (d3rlpy)"}
+PAPER_DATASETS = [f"{env}-{kind}" for env in ("hopper", "halfcheetah", "walker2d") for kind in ("medium", "medium-replay", "medium-expert")]
+EVAL_SEED = 1_000_000
+COLUMNS = [
+    "method", "dataset", "env_id", "seed", "budget", "steps", "eval_seed", "episodes", "target_return",
+    "return_mean", "return_std", "score_mean", "score_std", "curve", "calibration", "dataset_best_return",
+    "train_eval_s", "device",
+]  # fmt: skip
+CSV_FILE = "gym.csv"
+RUNS_LOG = "gym_runs.jsonl"
+NOTES_FILE = "gym_notes.md"
+CURVES_PNG = "gym_learning_curves.png"
+CALIBRATION_PNG = "gym_calibration.png"
+# The DT paper's D4RL table (DT mean ± std over 3 seeds; CQL and BC as quoted there): other data, other simulator.
+PUBLISHED = {
+    "halfcheetah-medium-expert": (86.8, 1.3, 62.4, 59.9),
+    "hopper-medium-expert": (107.6, 1.8, 111.0, 79.6),
+    "walker2d-medium-expert": (108.1, 0.2, 98.7, 36.6),
+    "halfcheetah-medium": (42.6, 0.1, 44.4, 43.1),
+    "hopper-medium": (67.6, 1.0, 58.0, 63.9),
+    "walker2d-medium": (74.0, 1.4, 79.2, 77.3),
+    "halfcheetah-medium-replay": (36.6, 0.8, 46.2, 4.3),
+    "hopper-medium-replay": (82.7, 7.0, 48.6, 27.6),
+    "walker2d-medium-replay": (66.6, 3.0, 26.7, 36.9),
+}
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Steps and evaluation effort of one protocol; ``small_dt`` shrinks the DT family for CPUs."""
+
+    steps: int
+    eval_points: int
+    episodes: int
+    calibration_points: int
+    calibration_episodes: int
+    small_dt: bool
+
+
+BUDGETS = {
+    "full": Budget(100_000, 10, 100, 10, 10, small_dt=False),
+    "cpu-reduced": Budget(200, 2, 10, 6, 5, small_dt=True),
+}
+
+
+def dt_overrides(method: str, budget: Budget, steps: int, pbc_fraction: float) -> list[str]:
+    """The DT family's config on top of dtrl's paper defaults."""
+    out = [] if method == "dt" else ["model.condition_on_return=false"]
+    if method == "pbc":
+        out.append(f"top_fraction={pbc_fraction}")
+    if budget.small_dt:
+        out += ["model.n_layer=2", "model.n_embd=64", "learning_rate=1e-3", f"warmup_steps={max(1, steps // 10)}"]
+    return out
+
+
+# --------------------------------------------------------------------------- running
+def _score(result: EvalResult) -> tuple[float, float]:
+    if result.normalized is None:
+        raise DtrlError("no reference scores for the normalised score: give datasets with ref_scores or a D4RL env")
+    return result.normalized
+
+
+def _curve_text(curve: list[tuple[int, EvalResult]]) -> str:
+    return " ".join(f"{step}:{_score(r)[0]:.3f}" for step, r in curve)
+
+
+def run_dt_family(
+    method: str, name: str, dataset: EpisodeDataset, seed: int, budget: Budget, steps: int, run_dir: Path,
+    device: str, threads: int, pbc_fraction: float,
+) -> tuple[list[tuple[int, EvalResult]], str, float]:  # fmt: skip
+    """Train in ``eval_points`` chunks (bit-exact resumes), evaluating the policy after each one."""
+    chunk = steps // budget.eval_points
+    target = float(dataset.episode_returns.max())
+    config = load_config(
+        None,
+        [
+            f"dataset={name}", f"out_dir={run_dir}", f"seed={seed}", f"steps={chunk}", f"device={device}",
+            f"num_threads={threads}", "eval_episodes=1", f"checkpoint_every={chunk}", f"log_every={min(100, chunk)}",
+            *dt_overrides(method, budget, steps, pbc_fraction),
+        ],
+    )  # fmt: skip
+    curve = []
+    for k in range(1, budget.eval_points + 1):
+        result = train(config, resume=k > 1, overrides={"steps": k * chunk})
+        policy = dtrl.load(result.checkpoint, device=device)
+        env_id = policy.spec.env_id or dataset.env_id
+        curve.append((k * chunk, evaluate(policy, env_id, [target], budget.episodes, seed=EVAL_SEED)[0]))
+    calibration = ""
+    if method == "dt":
+        report = calibrate(policy, env_id, dataset, budget.calibration_points, budget.calibration_episodes, EVAL_SEED)
+        calibration = " ".join(f"{r['target_return']:.1f}:{r['return_mean']:.1f}:{r['return_std']:.1f}" for r in report["results"])
+    return curve, calibration, target
+
+
+def run_cell(
+    method: str, name: str, seed: int, budget_name: str, steps: int, work: Path, device: str, threads: int,
+    pbc_fraction: float,
+) -> dict[str, Any]:  # fmt: skip
+    """Train and evaluate one (method, dataset, seed); the CSV row."""
+    budget = BUDGETS[budget_name]
+    if steps % budget.eval_points:
+        raise DtrlError(f"--steps {steps} must be a multiple of the {budget.eval_points} evaluation points")
+    dataset = open_dataset(name)
+    env_id = dataset.env_id
+    if not env_id:
+        raise DtrlError(f"dataset {name!r} records no env id: the benchmark evaluates in its environment")
+    tick = time.perf_counter()
+    calibration, target = "", float("nan")
+    if method in ("cql", "iql"):
+        from d3rlpy_adapter import train_and_evaluate
+
+        curve = train_and_evaluate(
+            method, dataset, env_id, steps, budget.eval_points, budget.episodes, EVAL_SEED, seed, device
+        )
+    else:
+        run_dir = work / f"{method}-{Path(name).stem}-s{seed}-{budget_name}-{steps}"
+        shutil.rmtree(run_dir, ignore_errors=True)  # a cell cut short restarts from its beginning
+        curve, calibration, target = run_dt_family(
+            method, name, dataset, seed, budget, steps, run_dir, device, threads, pbc_fraction
+        )
+    final = curve[-1][1]
+    score = _score(final)
+    return {
+        "method": method, "dataset": dataset.name, "env_id": env_id, "seed": seed, "budget": budget_name,
+        "steps": steps, "eval_seed": EVAL_SEED, "episodes": len(final.returns), "target_return": f"{target:.1f}",
+        "return_mean": f"{final.mean:.2f}", "return_std": f"{final.std:.2f}", "score_mean": f"{score[0]:.3f}",
+        "score_std": f"{score[1]:.3f}", "curve": _curve_text(curve), "calibration": calibration,
+        "dataset_best_return": f"{dataset.episode_returns.max():.1f}", "train_eval_s": f"{time.perf_counter() - tick:.1f}",
+        "device": device,
+    }  # fmt: skip
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    """The finished cells (a line cut short by a kill is ignored)."""
+    if not path.is_file():
+        return []
+    return [row for row in csv.DictReader(io.StringIO(path.read_text())) if row.get("device")]
+
+
+def append_row(path: Path, row: dict[str, Any]) -> None:
+    """One atomic CSV line per finished cell; the header is written with the first."""
+    if not path.is_file():
+        header = ",".join(COLUMNS) + "\n"
+        atomic_write(path, lambda f: f.write(header.encode()))
+    buffer = io.StringIO()
+    csv.DictWriter(buffer, COLUMNS, lineterminator="").writerow(row)
+    append_line(path, buffer.getvalue())
+
+
+def run(args: argparse.Namespace) -> None:
+    """Every missing cell of methods × datasets × seeds, methods outermost in the order given
+    (cheap methods first: a run stopped by a deadline leaves whole methods missing, not datasets)."""
+    budget = BUDGETS[args.budget]
+    steps = args.steps or budget.steps
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    csv_path = args.out / CSV_FILE
+    done = {(r["method"], r["dataset"], int(r["seed"]), r["budget"], int(r["steps"])) for r in read_rows(csv_path)}
+    cells = [(d, s, m) for m in args.methods for d in args.datasets for s in args.seeds]
+    index, count = args.shard
+    mine = [c for i, c in enumerate(cells) if i % count == index]
+    args.out.mkdir(parents=True, exist_ok=True)
+    context = environment()
+    context["versions"].update({name: _version(name) for name in ("gymnasium", "mujoco", "d3rlpy")})
+    append_line(args.out / RUNS_LOG, json.dumps({**context, "budget": args.budget, "steps": steps, "cells": len(mine)}))
+    labels = {name: open_dataset(name).name for name in args.datasets}  # the name rows record
+    for name, seed, method in mine:
+        label = labels[name]
+        if (method, label, seed, args.budget, steps) in done:
+            print(f"skip {method} {label} seed {seed} (done)", flush=True)
+            continue
+        row = run_cell(method, name, seed, args.budget, steps, args.work, args.device, args.threads, args.pbc_fraction)
+        append_row(csv_path, row)
+        print(f"{method} {row['dataset']} seed {seed}: score {row['score_mean']} ({row['train_eval_s']} s)", flush=True)
+
+
+def _version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+# --------------------------------------------------------------------------- report
+def _pairs(text: str) -> list[list[float]]:
+    return [[float(x) for x in item.split(":")] for item in text.split()]
+
+
+def summarise(rows: list[dict[str, str]]) -> dict[tuple[str, str], np.ndarray]:
+    """Final normalised scores per (dataset, method), one per seed."""
+    out: dict[tuple[str, str], list[float]] = {}
+    for r in rows:
+        out.setdefault((r["dataset"], r["method"]), []).append(float(r["score_mean"]))
+    return {k: np.array(v) for k, v in out.items()}
+
+
+def _cell(values: np.ndarray | None) -> str:
+    return "–" if values is None else f"{values.mean():.1f} ± {values.std():.1f} (n={len(values)})"
+
+
+def plot_curves(rows: list[dict[str, str]], datasets: list[str], methods: list[str], out: Path) -> Path:
+    """Normalised score vs gradient steps: mean ± std over seeds, one panel per dataset."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(datasets), figsize=(5 * len(datasets), 4), squeeze=False)
+    for ax, name in zip(axes[0], datasets):
+        for method in methods:
+            curves = [np.array(_pairs(r["curve"])) for r in rows if r["dataset"] == name and r["method"] == method]
+            if not curves:
+                continue
+            length = min(len(c) for c in curves)
+            stack = np.stack([c[:length, 1] for c in curves])
+            steps, mean, std = curves[0][:length, 0], stack.mean(axis=0), stack.std(axis=0)
+            ax.plot(steps, mean, marker="o", label=f"{LABELS[method]} ({len(curves)} seeds)")
+            ax.fill_between(steps, mean - std, mean + std, alpha=0.2)
+        ax.set_title(name)
+        ax.set_xlabel("gradient step")
+        ax.set_ylabel("normalised score")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _save(fig, out / CURVES_PNG)
+
+
+def plot_calibration(rows: list[dict[str, str]], datasets: list[str], out: Path) -> Path | None:
+    """DT's achieved return against its target (mean ± std over seeds), y = x and the dataset's best return."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [d for d in datasets if any(r["dataset"] == d and r["calibration"] for r in rows)]
+    if not names:
+        return None
+    fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 4.5), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        sweeps = [(np.array(_pairs(r["calibration"])), float(r["dataset_best_return"])) for r in rows if r["dataset"] == name and r["calibration"]]
+        targets = sweeps[0][0][:, 0]
+        achieved = np.stack([s[:, 1] for s, _ in sweeps])
+        ax.errorbar(targets, achieved.mean(axis=0), yerr=achieved.std(axis=0), marker="o", capsize=3, label=f"DT ({len(sweeps)} seeds)")
+        top = max(targets.max(), achieved.max())
+        ax.plot([0, top], [0, top], "k--", linewidth=1, label="achieved = target")
+        best = sweeps[0][1]
+        ax.axvline(best, color="tab:red", linestyle=":", label=f"best return in dataset ({best:.0f})")
+        ax.axhline(best, color="tab:red", linestyle=":")
+        ax.set_title(name)
+        ax.set_xlabel("target return")
+        ax.set_ylabel("achieved return")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _save(fig, out / CALIBRATION_PNG)
+
+
+def _save(fig: Any, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    atomic_write(path, lambda f: f.write(buffer.getvalue()))
+    return path
+
+
+def targets_met(scores: dict[tuple[str, str], np.ndarray], rows: list[dict[str, str]], datasets: list[str]) -> list[str]:
+    """The issue's targets, checked on what ran (a missing cell is said to be missing)."""
+    lines = []
+    for name in [d for d in datasets if d.endswith("medium-replay")]:
+        dt, bc = scores.get((name, "dt")), scores.get((name, "bc"))
+        if dt is None or bc is None:
+            lines.append(f"* DT above BC on {name}: not run")
+        else:
+            lines.append(f"* DT above BC on {name}: {'yes' if dt.mean() > bc.mean() else '**no**'} ({dt.mean():.1f} vs {bc.mean():.1f})")
+    averages = {m: _average(scores, datasets, m) for m in ("dt", "cql")}
+    if None in averages.values():
+        lines.append("* DT's average ≥ CQL's: not every dataset has both")
+    else:
+        verdict = "yes" if averages["dt"] >= averages["cql"] else "**no**"
+        lines.append(f"* DT's average ≥ CQL's on these datasets: {verdict} ({averages['dt']:.1f} vs {averages['cql']:.1f})")
+    for name in datasets:
+        sweeps = [np.array(_pairs(r["calibration"])) for r in rows if r["dataset"] == name and r["calibration"]]
+        if not sweeps:
+            continue
+        best = float(next(r["dataset_best_return"] for r in rows if r["dataset"] == name))
+        mean = np.mean([s[:, 1] for s in sweeps], axis=0)
+        below = sweeps[0][:, 0] <= best
+        rising = float(np.corrcoef(sweeps[0][below, 0], mean[below])[0, 1]) if below.sum() > 2 else float("nan")
+        lines.append(
+            f"* {name}, achieved return against target up to the dataset's best ({best:.0f}): "
+            f"{mean[below][0]:.0f} at target {sweeps[0][0, 0]:.0f}, {mean[below][-1]:.0f} at target "
+            f"{sweeps[0][below][-1, 0]:.0f} (change {mean[below][-1] - mean[below][0]:+.0f}; correlation {rising:.2f})"
+        )
+    return lines
+
+
+def _average(scores: dict[tuple[str, str], np.ndarray], datasets: list[str], method: str) -> float | None:
+    if not all((d, method) in scores for d in datasets):
+        return None
+    return float(np.mean([scores[(d, method)].mean() for d in datasets]))
+
+
+def report(out: Path) -> Path:
+    """``gym.md`` and the PNGs from the CSV: tables, published context, status, targets, provenance."""
+    every = read_rows(out / CSV_FILE)
+    if not every:
+        raise DtrlError(f"{out / CSV_FILE} holds no finished cells yet: run the benchmark first")
+    budgets = sorted({(r["budget"], int(r["steps"])) for r in every})
+    full_budget = ("full", BUDGETS["full"].steps)
+    shown = full_budget if full_budget in budgets else max(budgets, key=lambda b: sum((r["budget"], int(r["steps"])) == b for r in every))
+    rows = [r for r in every if (r["budget"], int(r["steps"])) == shown]
+    datasets = [d for d in PAPER_DATASETS if any(r["dataset"] == d for r in rows)]
+    datasets += sorted({r["dataset"] for r in rows} - set(datasets))
+    methods = [m for m in METHODS if any(r["method"] == m for r in rows)]
+    scores = summarise(rows)
+    curves = plot_curves(rows, datasets, methods, out)
+    calibration_png = plot_calibration(rows, datasets, out)
+    seeds = sorted({int(r["seed"]) for r in rows})
+    lines = [
+        "# Gym benchmark: DT against BC, %BC, CQL and IQL on the same episodes",
+        "",
+        "Generated by `python benchmarks/gym_bench.py --report` from `gym.csv` (one row per method, dataset and seed); "
+        "do not edit by hand (notes come from `gym_notes.md`).",
+        "",
+    ]
+    if shown != full_budget:
+        lines += [
+            f"> **Reduced budget — not the paper's protocol.** Shown: `{shown[0]}`, {shown[1]:,} gradient steps per run. "
+            "These numbers demonstrate the harness; the full protocol is `--budget full` (100k steps, 100 episodes) on a GPU.",
+            "",
+        ]
+    full_scores = summarise([r for r in every if (r["budget"], int(r["steps"])) == full_budget])
+    done = [(d, m) for d in PAPER_DATASETS for m in METHODS if len(full_scores.get((d, m), [])) >= 3]
+    lines += [
+        "## Status",
+        "",
+        f"* Shown: {len(rows)} cells; datasets: {', '.join(datasets)}; methods: {', '.join(methods)}; seeds: {', '.join(map(str, seeds))}.",
+        f"* Full protocol (9 datasets × 5 methods × ≥ 3 seeds at `--budget full`): {len(done)} of 45 (dataset, method) pairs done.",
+        *[f"* Also in the CSV, not shown: `{b}` at {n:,} steps" for b, n in budgets if (b, n) != shown],
+        "",
+        "## Normalised score at the end of training (mean ± std over seeds)",
+        "",
+        "0 = uniformly random policy, 100 = the dataset's expert (the reference returns recorded with each dataset).",
+        "",
+        "| dataset | " + " | ".join(LABELS[m] for m in methods) + " |",
+        "|---|" + "---|" * len(methods),
+    ]  # fmt: skip
+    for name in datasets:
+        lines.append(f"| {name} | " + " | ".join(_cell(scores.get((name, m))) for m in methods) + " |")
+    averages = [_average(scores, datasets, m) for m in methods]
+    lines.append("| **average** | " + " | ".join("–" if a is None else f"**{a:.1f}**" for a in averages) + " |")
+    lines += [
+        "",
+        "## Published numbers, for context only",
+        "",
+        "The DT paper's D4RL table (DT: mean ± std over 3 seeds; CQL and BC as the paper quotes them). "
+        "**Different data (D4RL -v2, SAC behaviour agents, mujoco-py) and a different simulator version: "
+        "not comparable with the numbers above.**",
+        "",
+        "| dataset | DT (paper) | CQL (paper) | BC (paper) |",
+        "|---|---|---|---|",
+    ]
+    for name in datasets:
+        if name in PUBLISHED:
+            dt, dt_std, cql, bc = PUBLISHED[name]
+            lines.append(f"| {name} | {dt} ± {dt_std} | {cql} | {bc} |")
+    lines += ["", "## Targets of issue 6, on what ran", "", *targets_met(scores, rows, datasets), ""]
+    lines += ["## Figures", "", f"![learning curves]({curves.name})", ""]
+    if calibration_png:
+        lines += [f"![return calibration]({calibration_png.name})", ""]
+    lines += [
+        "## Protocol",
+        "",
+        f"* Evaluation: episodes started from env seeds {EVAL_SEED} + i for every method and seed (training seeds: "
+        f"{', '.join(map(str, seeds))}); the score at the last step is reported, no checkpoint is picked.",
+        "* DT, BC and %BC: dtrl's transformer (`model.condition_on_return=false` for BC; %BC adds `top_fraction`); "
+        "DT is conditioned on the best return in its dataset. CQL and IQL: d3rlpy with the settings of its D4RL "
+        "reproduction scripts (`benchmarks/d3rlpy_adapter.py`), deterministic actions.",
+        "* Budgets: " + "; ".join(f"`{n}`: {b.steps:,} steps, {b.eval_points} evaluation points, {b.episodes} episodes"
+                                  + (", DT family 2 layers / width 64 / lr 1e-3 / warm-up 10%" if b.small_dt else ", DT at the paper's config")
+                                  for n, b in BUDGETS.items()) + ".",
+        "",
+        "## Wall time per cell (training + evaluation, seconds)",
+        "",
+        "| dataset | " + " | ".join(LABELS[m] for m in methods) + " |",
+        "|---|" + "---|" * len(methods),
+    ]  # fmt: skip
+    for name in datasets:
+        cells = [[float(r["train_eval_s"]) for r in rows if r["dataset"] == name and r["method"] == m] for m in methods]
+        lines.append(f"| {name} | " + " | ".join(f"{np.mean(c):.0f}" if c else "–" for c in cells) + " |")
+    lines += ["", "## Runs (command, machine, versions, load)", ""]
+    log = out / RUNS_LOG
+    for entry in [json.loads(x) for x in log.read_text().splitlines() if x.strip()] if log.is_file() else []:
+        lines.append(
+            f"* {entry['date']}: `{entry['command']}` — {entry['machine']}, GPU {entry['gpu']}, load "
+            f"{entry['load_average_1_5_15min']}, {', '.join(f'{k} {v}' for k, v in entry['versions'].items())}"
+        )
+    notes = out / NOTES_FILE
+    if notes.is_file():
+        lines += ["", notes.read_text().rstrip()]
+    text = "\n".join(lines) + "\n"
+    path = out / "gym.md"
+    atomic_write(path, lambda f: f.write(text.encode()))
+    return path
+
+
+# --------------------------------------------------------------------------- command line
+def _shard(text: str) -> tuple[int, int]:
+    index, count = (int(x) for x in text.split("/"))
+    if not 0 <= index < count:
+        raise argparse.ArgumentTypeError(f"--shard {text}: give I/N with 0 <= I < N")
+    return index, count
+
+
+def _methods(text: str) -> list[str]:
+    methods = [m.strip().lower() for m in text.split(",") if m.strip()]
+    if unknown := [m for m in methods if m not in METHODS]:
+        raise argparse.ArgumentTypeError(f"unknown method(s) {', '.join(unknown)}: choose from {', '.join(METHODS)}")
+    return methods
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--budget", choices=sorted(BUDGETS), default="cpu-reduced")
+    p.add_argument("--steps", type=int, default=0, help="gradient steps per run (default: the budget's)")
+    p.add_argument("--datasets", type=lambda s: [d for d in s.split(",") if d], default=PAPER_DATASETS)
+    p.add_argument("--methods", type=_methods, default=list(METHODS))
+    p.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[0, 1, 2])
+    p.add_argument("--pbc-fraction", type=float, default=0.1, help="%%BC keeps this fraction of episodes")
+    p.add_argument("--shard", type=_shard, default=(0, 1), help="I/N: run every N-th cell, from the I-th")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--out", type=Path, default=RESULTS, help="where gym.csv, gym.md and the PNGs go")
+    p.add_argument("--work", type=Path, default=Path("runs/gym"), help="run directories of the DT family")
+    p.add_argument("--report", action="store_true", help="only write the report from the CSV")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    try:
+        if not args.report:
+            run(args)
+        print(report(args.out))
+    except DtrlError as e:
+        sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    main()

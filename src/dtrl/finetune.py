@@ -1,0 +1,266 @@
+"""Online fine-tuning of a Decision Transformer: the Online Decision Transformer (Zheng et al. 2022).
+
+A DT with a stochastic policy (``model.stochastic_policy=true``) is pre-trained
+offline as usual, then fine-tuned in the simulator. Each iteration
+
+1. rolls out a few episodes, sampling actions from the policy while it is
+   conditioned on an optimistic online target return;
+2. adds them, whole, to a first-in-first-out replay buffer of trajectories that
+   starts with the best offline trajectories;
+3. takes gradient steps on length-K segments of the buffer with the offline
+   loss (NLL − α·entropy, learned temperature).
+
+Hindsight return relabelling: a trajectory enters the buffer with the rewards it
+actually earned, and its returns-to-go are recomputed from them, so the model
+learns which return its own behaviour achieves rather than the target it was
+asked for. The offline model and the fine-tuned one are evaluated with the mean
+action on the same evaluation seeds; rollouts use seeds drawn away from those.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import gymnasium as gym
+import numpy as np
+import torch
+import yaml
+
+from dtrl.checkpoint import PolicySpec, latest_checkpoint, load_policy_files, save_checkpoint
+from dtrl.config import FinetuneConfig, TrainConfig
+from dtrl.data.episodes import PER_STEP_ARRAYS, Episode, EpisodeDataset, atomic_write, space_from_dict
+from dtrl.data.sampler import Normalizer, SegmentSampler
+from dtrl.envs import make_vector_env
+from dtrl.errors import DtrlError
+from dtrl.evaluate import EvalResult, evaluate
+from dtrl.models import DecisionTransformer
+from dtrl.models.gaussian import network_parameters, sample, temperature
+from dtrl.policy import DecisionTransformerPolicy, pick_device
+from dtrl.tracking import write_run_info
+from dtrl.train import MetricsLogger, action_loss, build_optimizer
+
+FINETUNE_CONFIG_FILE = "finetune.yaml"
+REPORT_FILE = "finetune.json"
+ROLLOUT_SEED_BASE = 1_000_000
+"""Rollout episodes are seeded from here up, well away from evaluation seeds (0, 1, ...)."""
+
+
+class TrajectoryBuffer:
+    """Whole trajectories, first in first out, with returns-to-go relabelled from the rewards earned."""
+
+    def __init__(self, capacity: int, offline: Sequence[Episode] = ()) -> None:
+        """Start from the ``capacity`` highest-return ``offline`` trajectories (ODT's initialisation)."""
+        best = sorted(offline, key=lambda e: e.total_return)[-capacity:]
+        self.episodes: deque[Episode] = deque(best, maxlen=capacity)
+
+    def add(self, episodes: Sequence[Episode]) -> None:
+        """Append new trajectories; the oldest drop out once the buffer is full."""
+        self.episodes.extend(episodes)
+
+    def __len__(self) -> int:
+        return len(self.episodes)
+
+    def dataset(self, observation_space: gym.Space, action_space: gym.Space) -> EpisodeDataset:
+        """The buffer as a dataset: its returns-to-go come from each trajectory's own rewards."""
+        return EpisodeDataset.from_episodes(list(self.episodes), observation_space, action_space, name="replay")
+
+
+@torch.inference_mode()
+def collect(
+    model: DecisionTransformer,
+    spec: PolicySpec,
+    env_id: str,
+    target_return: float,
+    seeds: Sequence[int],
+    generator: torch.Generator,
+    max_steps: int | None = None,
+) -> list[Episode]:
+    """One episode per seed, in parallel, with actions sampled from the stochastic policy.
+
+    The policy sees the last K steps and a return-to-go that starts at
+    ``target_return`` and drops by each reward; episodes are cut (truncated)
+    after ``max_steps`` steps. The episodes record env-unit actions and the
+    rewards earned, never the conditioning target.
+    """
+    cfg, device = spec.model, next(model.parameters()).device
+    normalizer = Normalizer.from_dict(spec.normalizer)
+    action_space = space_from_dict(spec.action_space)
+    limit = gym.spec(env_id).max_episode_steps or cfg.max_episode_length
+    horizon = min(limit, max_steps) if max_steps else limit
+    n, K = len(seeds), cfg.context_length
+    envs = make_vector_env(env_id, n)
+    try:
+        DecisionTransformerPolicy(model, spec, device).check_env(envs, env_id)
+        model.eval()
+        obs, _ = envs.reset(seed=[int(s) for s in seeds])
+        states = torch.zeros(n, horizon, cfg.observation_dim, device=device)
+        actions = torch.zeros(n, horizon, cfg.action_dim, device=device)
+        rtg = torch.zeros(n, horizon, device=device)
+        timesteps = torch.arange(horizon, device=device).expand(n, horizon)
+        to_go = torch.full((n,), target_return / spec.reward_scale, device=device)
+        record: dict[str, list] = {k: [] for k in PER_STEP_ARRAYS}
+        alive = np.ones(n, dtype=bool)
+        lengths = np.zeros(n, dtype=np.int64)
+        for t in range(horizon):
+            states[:, t] = torch.from_numpy(normalizer.states(obs)).to(device)
+            rtg[:, t] = to_go
+            lo = max(0, t + 1 - K)
+            window = slice(lo, t + 1)
+            mean, log_std = model(
+                rtg[:, window], states[:, window], actions[:, window], timesteps[:, window], distribution=True
+            )
+            actions[:, t] = sample(mean[:, -1].float(), log_std[:, -1].float(), generator)
+            env_actions = normalizer.actions_to_env(actions[:, t].cpu().numpy())
+            env_actions = np.clip(env_actions, action_space.low.reshape(-1), action_space.high.reshape(-1))
+            env_actions = env_actions.reshape((n, *action_space.shape)).astype(action_space.dtype)
+            next_obs, reward, terminated, truncated, _ = envs.step(env_actions)
+            truncated = truncated | (t == horizon - 1)
+            for name, value in zip(record, (obs, env_actions, reward, terminated, truncated)):
+                record[name].append(np.asarray(value))
+            lengths += alive
+            alive &= ~(terminated | truncated)
+            to_go = to_go - torch.as_tensor(reward / spec.reward_scale, device=device, dtype=torch.float32)
+            obs = next_obs
+            if not alive.any():
+                break
+    finally:
+        envs.close()
+    stacked = {k: np.stack(v, axis=1) for k, v in record.items()}  # (n, T, ...)
+    return [Episode(**{k: v[i, : lengths[i]] for k, v in stacked.items()}) for i in range(n)]
+
+
+@dataclass
+class FinetuneResult:
+    out_dir: Path
+    checkpoint: Path
+    offline: list[EvalResult]
+    online: list[EvalResult]
+    env_steps: int
+    updates: int
+    rollout_returns: list[float] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {
+            "env_steps": self.env_steps,
+            "updates": self.updates,
+            "offline": [r.to_dict() for r in self.offline],
+            "online": [r.to_dict() for r in self.online],
+            "rollout_returns": self.rollout_returns,
+        }
+
+
+def finetune(
+    checkpoint: str | Path,
+    config: FinetuneConfig,
+    offline_data: EpisodeDataset,
+    on_progress: Callable[[int, float], None] | None = None,
+) -> FinetuneResult:
+    """Fine-tune ``checkpoint`` online for ``config.steps`` environment steps; write a run into ``config.out_dir``.
+
+    ``on_progress(env_steps, last_rollout_return)`` is called after each round of rollouts.
+    """
+    config.validate()
+    spec, weights, directory = load_policy_files(checkpoint)
+    if not spec.model.stochastic_policy:
+        raise DtrlError(
+            f"{directory} has a deterministic action head: Online DT fine-tuning needs a policy trained with "
+            "model.stochastic_policy=true"
+        )
+    env_id = config.env or spec.env_id
+    if not env_id:
+        raise DtrlError(f"{directory} records no environment: pass --env ID")
+    out_dir = Path(config.out_dir)
+    if latest_checkpoint(out_dir) is not None:
+        raise DtrlError(f"{out_dir} already holds checkpoints: choose another --out-dir")
+    device = pick_device(config.device)
+    torch.manual_seed(config.seed)
+    model = DecisionTransformer(spec.model).to(device)
+    model.load_state_dict(weights)
+    spec.env_id = env_id
+    eval_target = config.eval_target or float(offline_data.episode_returns.max())
+    online_target = config.target_return or 2.0 * eval_target
+
+    def run_eval() -> list[EvalResult]:
+        policy = DecisionTransformerPolicy(model, spec, device)
+        return evaluate(policy, env_id, [eval_target], config.eval_episodes, seed=config.eval_seed)
+
+    offline = run_eval()  # also checks that the env fits the checkpoint
+    out_dir.mkdir(parents=True, exist_ok=True)
+    record = {"checkpoint": str(directory), "dataset": offline_data.name, **asdict(config)}
+    record.update(env=env_id, target_return=online_target, eval_target=eval_target)
+    atomic_write(out_dir / FINETUNE_CONFIG_FILE, lambda f: f.write(yaml.safe_dump(record, sort_keys=False).encode()))
+    write_run_info(out_dir)
+
+    normalizer = Normalizer.from_dict(spec.normalizer)
+    obs_space, act_space = space_from_dict(spec.observation_space), space_from_dict(spec.action_space)
+    buffer = TrajectoryBuffer(config.buffer_size, list(offline_data))
+    train_config = TrainConfig(
+        learning_rate=config.learning_rate, weight_decay=config.weight_decay, warmup_steps=0, batch_size=config.batch_size
+    )
+    optimizer, _ = build_optimizer(model, train_config)
+    generator = torch.Generator(device=device).manual_seed(config.seed)
+    seeds = ROLLOUT_SEED_BASE + config.seed * 100_000 + np.arange(config.steps)  # never more episodes than steps
+    logger = MetricsLogger(out_dir)
+    logger.log(0, {f"eval/return_mean@{eval_target:g}": offline[0].mean})
+    env_steps = updates = episodes_done = 0
+    rollout_returns: list[float] = []
+    sampler_state = None
+    next_eval = config.eval_every
+    try:
+        while env_steps < config.steps:
+            n = config.rollouts_per_iteration
+            batch_seeds = seeds[episodes_done : episodes_done + n]
+            budget = max(1, (config.steps - env_steps) // n)
+            new = collect(model, spec, env_id, online_target, batch_seeds, generator, max_steps=budget)
+            episodes_done += n
+            env_steps += sum(len(e) for e in new)
+            rollout_returns += [e.total_return for e in new]
+            buffer.add(new)
+            data = buffer.dataset(obs_space, act_space)
+            sampler = SegmentSampler(data, spec.model.context_length, spec.reward_scale, normalizer, device, config.seed)
+            if sampler_state is not None:
+                sampler.load_state_dict(sampler_state)
+            model.train()
+            tick, losses = time.perf_counter(), []
+            for _ in range(config.updates_per_iteration):
+                loss = action_loss(model, sampler.sample(config.batch_size))
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(network_parameters(model), config.grad_clip or math.inf)
+                optimizer.step()
+                losses.append(loss.item())
+            if not all(map(math.isfinite, losses)):
+                raise DtrlError(f"fine-tuning diverged after {env_steps} environment steps: lower --learning-rate")
+            updates += config.updates_per_iteration
+            sampler_state = sampler.state_dict()
+            metrics = {
+                "online/rollout_return": float(np.mean([e.total_return for e in new])),
+                "online/rollout_length": float(np.mean([len(e) for e in new])),
+                "online/loss": float(np.mean(losses)),
+                "online/temperature": temperature(model).item(),
+                "online/buffer_trajectories": float(len(buffer)),
+                "online/updates_per_second": config.updates_per_iteration / (time.perf_counter() - tick),
+            }
+            if config.eval_every and env_steps >= next_eval:
+                next_eval += config.eval_every
+                metrics[f"eval/return_mean@{eval_target:g}"] = run_eval()[0].mean
+            logger.log(env_steps, metrics)
+            if on_progress:
+                on_progress(env_steps, metrics["online/rollout_return"])
+        online = run_eval()
+        logger.log(env_steps, {f"eval/return_mean@{eval_target:g}": online[0].mean})
+        spec.step = updates
+        state = {"step": updates, "env_steps": env_steps, "optimizer": optimizer.state_dict()}
+        ckpt = save_checkpoint(out_dir, updates, spec, model.state_dict(), state, keep=1)
+    finally:
+        logger.close()
+    result = FinetuneResult(out_dir, ckpt, offline, online, env_steps, updates, rollout_returns)
+    text = json.dumps(result.to_dict(), indent=2).encode()
+    atomic_write(out_dir / REPORT_FILE, lambda f: f.write(text))
+    return result
