@@ -1,7 +1,7 @@
 """Pixel Decision Transformer against behaviour cloning on a DQN-replay-style Atari dataset.
 
 Runs the whole path at a budget given on the command line: collect the
-dataset (``dtrl.data.collect.collect_atari``: a PPO agent's every training
+dataset (``dtrl.data.collect_atari.collect_atari``: a PPO agent's every training
 transition, then the paper's trajectory subset), train a DT and a BC model
 (the same transformer without return tokens) per seed from
 ``configs/atari_<game>.yaml`` with the overrides given, and evaluate each in
@@ -29,7 +29,7 @@ from common import environment, save
 
 from dtrl import atari
 from dtrl.config import load_config
-from dtrl.data.collect import collect_atari
+from dtrl.data.collect_atari import collect_atari
 from dtrl.data.episodes import EpisodeDataset
 from dtrl.evaluate import evaluate, evaluate_random
 from dtrl.policy import DecisionTransformerPolicy

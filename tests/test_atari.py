@@ -258,7 +258,7 @@ def test_tiny_pixel_run_trains_and_evaluates_in_parallel(tmp_path):
 
 @needs_ale
 def test_collect_records_every_training_transition_as_dqn_replay(tmp_path):
-    from dtrl.data.collect import collect_atari
+    from dtrl.data.collect_atari import collect_atari
 
     path = collect_atari(
         "ALE/Breakout-v5", transitions=150, agent_steps=512, cache_dir=tmp_path, n_envs=2, checkpoints=2,

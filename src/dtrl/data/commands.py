@@ -77,7 +77,8 @@ def collect(
     from dtrl.cli import console, progress_bar
     from dtrl.data.cache import default_cache_dir
     from dtrl.atari import game_of, is_atari
-    from dtrl.data.collect import collect_atari, collect_d4rl, collect_random
+    from dtrl.data.collect import collect_d4rl, collect_random
+    from dtrl.data.collect_atari import collect_atari
 
     root = cache_dir or default_cache_dir()
     if episodes is not None:
