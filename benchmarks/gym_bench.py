@@ -1,14 +1,20 @@
-"""The paper's gym experiment: DT against BC, %BC, CQL and IQL on the same episodes.
+"""The paper's gym experiment: DT against BC, %BC, CQL and IQL, and the DT variants Decision
+ConvFormer and Online DT, on the same episodes.
 
     python benchmarks/gym_bench.py --budget cpu-reduced --datasets hopper-medium,hopper-medium-replay \\
-        --methods dt,bc,pbc,cql,iql --seeds 0,1,2          # run (resumable), then write the report
+        --methods dt,bc,pbc,cql,iql,dc,odt --seeds 0,1,2    # run (resumable), then write the report
     python benchmarks/gym_bench.py --report                        # redraw report + plots from the CSV
 
 Methods. ``dt``: the Decision Transformer with dtrl's paper defaults. ``bc``: the paper's BC
 variant, the *same transformer* trained without return tokens (``model.condition_on_return=false``),
 not an MLP. ``pbc``: that BC on the top ``--pbc-fraction`` (10%) of episodes by return.
 ``cql`` / ``iql``: d3rlpy with its published D4RL settings, fed the very same episodes
-(``d3rlpy_adapter.py``; ``pip install -e ".[bench]"``).
+(``d3rlpy_adapter.py``; ``pip install -e ".[bench]"``). The variants (docs/variants.md) differ from
+``dt`` in one setting each: ``dc``, Decision ConvFormer, is ``model.token_mixer=conv``; ``odt``, Online
+DT, is ``model.stochastic_policy=true`` pre-trained offline exactly like ``dt``, then fine-tuned
+online by ``dtrl.finetune`` for ``--online-steps`` environment steps. An ``odt`` cell writes two rows:
+``odt`` (the offline policy, scored like every other method) and ``odt-online`` (the same policy after
+fine-tuning, evaluated on the same seeds at the same target; its ``curve`` is in environment steps).
 
 Protocol, identical for every method: the same number of gradient steps; evaluation at
 ``eval_points`` evenly spaced steps (the last at the end of training, which is the reported
@@ -19,13 +25,16 @@ swept across targets (the calibration figure). The DT family's own end-of-chunk 
 (``eval_episodes=1`` on the training seed) is not used.
 
 Budgets. ``full``: the paper's (100k steps, DT at the paper's config, 100 evaluation
-episodes). ``cpu-reduced``: few steps and a smaller DT (2 layers, width 64, learning rate
-1e-3, warm-up 10% of the steps) for 2 shared CPU cores; its numbers are a demonstration of
-the harness, never the paper's protocol, and the report says so.
+episodes; Online DT then 200k online environment steps with ODT's 300 updates of batch 256 per
+rollout). ``cpu-reduced``: few steps and a smaller DT (2 layers, width 64, learning rate
+1e-3, warm-up 10% of the steps) for 2 shared CPU cores, and 5,000 online steps with 20 updates of
+batch 64 per rollout; its numbers are a demonstration of the harness, never the paper's protocol,
+and the report says so.
 
-Every finished (method, dataset, seed, budget, steps) cell is one line appended atomically to
-``results/gym.csv``; a rerun skips finished cells, so a killed run continues where it stopped
-(a cell cut short restarts from its beginning). ``--shard I/N`` runs every N-th cell, so N
+Every finished (method, dataset, seed, budget, steps[, online steps]) cell is one line (two for
+``odt``) appended atomically to ``results/gym.csv``; a rerun skips finished cells, so a killed run
+continues where it stopped (a cell cut short restarts from its beginning). A CSV written before the
+``online_steps`` column existed is rewritten with it (empty) on the next run. ``--shard I/N`` runs every N-th cell, so N
 processes can share one GPU. ``--report`` writes ``results/gym.md`` and the PNGs from the CSV.
 (Not ``benchmarks/gym.py``: that name would shadow the ``gym`` package d3rlpy imports.)
 """
@@ -52,21 +61,32 @@ from common import RESULTS, environment  # noqa: E402
 
 import dtrl  # noqa: E402
 from dtrl.calibrate import calibrate  # noqa: E402
-from dtrl.config import load_config  # noqa: E402
+from dtrl.config import FinetuneConfig, load_config  # noqa: E402
 from dtrl.data.episodes import EpisodeDataset, append_line, atomic_write  # noqa: E402
 from dtrl.errors import DtrlError  # noqa: E402
 from dtrl.evaluate import EvalResult, evaluate  # noqa: E402
+from dtrl.finetune import finetune  # noqa: E402
 from dtrl.train import open_dataset, train  # noqa: E402
 
-METHODS = ("dt", "bc", "pbc", "cql", "iql")
-LABELS = {"dt": "DT", "bc": "BC (same transformer, no returns)", "pbc": "%BC", "cql": "CQL (d3rlpy)", "iql": "IQL (d3rlpy)"}
+METHODS = ("dt", "bc", "pbc", "cql", "iql", "dc", "odt")
+ODT_ONLINE = "odt-online"
+"""The row an ``odt`` cell adds for the fine-tuned policy (a stage, not a method to ask for)."""
+STAGES = (*METHODS, ODT_ONLINE)
+VARIANTS = ("dc", "odt", ODT_ONLINE)
+LABELS = {
+    "dt": "DT", "bc": "BC (same transformer, no returns)", "pbc": "%BC", "cql": "CQL (d3rlpy)", "iql": "IQL (d3rlpy)",
+    "dc": "Decision ConvFormer", "odt": "ODT offline", ODT_ONLINE: "ODT online",
+}  # fmt: skip
+VARIANT_SETTING = {"dc": ["model.token_mixer=conv"], "odt": ["model.stochastic_policy=true"]}
+"""The one model setting each variant changes in DT's config."""
 PAPER_DATASETS = [f"{env}-{kind}" for env in ("hopper", "halfcheetah", "walker2d") for kind in ("medium", "medium-replay", "medium-expert")]
 EVAL_SEED = 1_000_000
 COLUMNS = [
     "method", "dataset", "env_id", "seed", "budget", "steps", "eval_seed", "episodes", "target_return",
     "return_mean", "return_std", "score_mean", "score_std", "curve", "calibration", "dataset_best_return",
-    "train_eval_s", "device",
+    "train_eval_s", "online_steps", "device",
 ]  # fmt: skip
+MISSING = "—"
 CSV_FILE = "gym.csv"
 RUNS_LOG = "gym_runs.jsonl"
 NOTES_FILE = "gym_notes.md"
@@ -84,6 +104,12 @@ PUBLISHED = {
     "hopper-medium-replay": (82.7, 7.0, 48.6, 27.6),
     "walker2d-medium-replay": (66.6, 3.0, 26.7, 36.9),
 }
+# Decision ConvFormer (Kim et al. 2024, ICLR: "DC") and Online DT (Zheng et al. 2022, ICML: offline
+# score, then after 200k online steps) on D4RL -v2. None prints "n/a": an entry we could not confirm
+# from a primary source (the papers' tables) is left out rather than guessed; fill in from the papers.
+PUBLISHED_VARIANTS: dict[str, dict[str, float | None]] = {
+    name: {"dc": None, "odt": None, ODT_ONLINE: None} for name in PAPER_DATASETS
+}
 
 
 @dataclass(frozen=True)
@@ -96,17 +122,24 @@ class Budget:
     calibration_points: int
     calibration_episodes: int
     small_dt: bool
+    online_steps: int = 5_000
+    """Online DT: environment steps collected online (``--online-steps`` overrides)."""
+    online_updates: int = 20
+    """Online DT: gradient steps after each rollout (ODT: 300)."""
+    online_batch_size: int = 64
+    """Online DT: segments per online gradient step (ODT: 256)."""
 
 
 BUDGETS = {
-    "full": Budget(100_000, 10, 100, 10, 10, small_dt=False),
-    "cpu-reduced": Budget(200, 2, 10, 6, 5, small_dt=True),
+    "full": Budget(100_000, 10, 100, 10, 10, small_dt=False, online_steps=200_000, online_updates=300, online_batch_size=256),
+    "cpu-reduced": Budget(200, 2, 10, 6, 5, small_dt=True, online_steps=5_000, online_updates=20, online_batch_size=64),
 }
 
 
 def dt_overrides(method: str, budget: Budget, steps: int, pbc_fraction: float) -> list[str]:
-    """The DT family's config on top of dtrl's paper defaults."""
-    out = [] if method == "dt" else ["model.condition_on_return=false"]
+    """The DT family's config on top of dtrl's paper defaults: BC drops the return tokens, the variants
+    change one model setting each."""
+    out = ["model.condition_on_return=false"] if method in ("bc", "pbc") else list(VARIANT_SETTING.get(method, []))
     if method == "pbc":
         out.append(f"top_fraction={pbc_fraction}")
     if budget.small_dt:
@@ -153,11 +186,28 @@ def run_dt_family(
     return curve, calibration, target
 
 
+def run_online(
+    checkpoint: Path, dataset: EpisodeDataset, seed: int, budget: Budget, online_steps: int, target: float,
+    out_dir: Path, device: str,
+) -> tuple[list[tuple[int, EvalResult]], float]:  # fmt: skip
+    """Fine-tune an Online DT run's last checkpoint: its evaluation before and after (same seeds and
+    target as every method) keyed by environment steps, and the wall time."""
+    config = FinetuneConfig(
+        steps=online_steps, out_dir=str(out_dir), eval_target=target, updates_per_iteration=budget.online_updates,
+        batch_size=budget.online_batch_size, eval_episodes=budget.episodes, seed=seed, eval_seed=EVAL_SEED,
+        device=device,
+    )  # fmt: skip
+    shutil.rmtree(out_dir, ignore_errors=True)
+    tick = time.perf_counter()
+    result = finetune(checkpoint, config, dataset)
+    return [(0, result.offline[0]), (result.env_steps, result.online[0])], time.perf_counter() - tick
+
+
 def run_cell(
     method: str, name: str, seed: int, budget_name: str, steps: int, work: Path, device: str, threads: int,
-    pbc_fraction: float,
-) -> dict[str, Any]:  # fmt: skip
-    """Train and evaluate one (method, dataset, seed); the CSV row."""
+    pbc_fraction: float, online_steps: int = 0,
+) -> list[dict[str, Any]]:  # fmt: skip
+    """Train and evaluate one (method, dataset, seed): its CSV row, or for ``odt`` the offline and online rows."""
     budget = BUDGETS[budget_name]
     if steps % budget.eval_points:
         raise DtrlError(f"--steps {steps} must be a multiple of the {budget.eval_points} evaluation points")
@@ -179,16 +229,26 @@ def run_cell(
         curve, calibration, target = run_dt_family(
             method, name, dataset, seed, budget, steps, run_dir, device, threads, pbc_fraction
         )
-    final = curve[-1][1]
-    score = _score(final)
-    return {
-        "method": method, "dataset": dataset.name, "env_id": env_id, "seed": seed, "budget": budget_name,
-        "steps": steps, "eval_seed": EVAL_SEED, "episodes": len(final.returns), "target_return": f"{target:.1f}",
-        "return_mean": f"{final.mean:.2f}", "return_std": f"{final.std:.2f}", "score_mean": f"{score[0]:.3f}",
-        "score_std": f"{score[1]:.3f}", "curve": _curve_text(curve), "calibration": calibration,
-        "dataset_best_return": f"{dataset.episode_returns.max():.1f}", "train_eval_s": f"{time.perf_counter() - tick:.1f}",
-        "device": device,
-    }  # fmt: skip
+    online = (online_steps or budget.online_steps) if method == "odt" else 0
+
+    def row(stage: str, curve: list[tuple[int, EvalResult]], seconds: float, calibration: str = "") -> dict[str, Any]:
+        final = curve[-1][1]
+        score = _score(final)
+        return {
+            "method": stage, "dataset": dataset.name, "env_id": env_id, "seed": seed, "budget": budget_name,
+            "steps": steps, "eval_seed": EVAL_SEED, "episodes": len(final.returns), "target_return": f"{target:.1f}",
+            "return_mean": f"{final.mean:.2f}", "return_std": f"{final.std:.2f}", "score_mean": f"{score[0]:.3f}",
+            "score_std": f"{score[1]:.3f}", "curve": _curve_text(curve), "calibration": calibration,
+            "dataset_best_return": f"{dataset.episode_returns.max():.1f}", "train_eval_s": f"{seconds:.1f}",
+            "online_steps": online or "", "device": device,
+        }  # fmt: skip
+
+    rows = [row(method, curve, time.perf_counter() - tick, calibration)]
+    if method == "odt":
+        online_dir = run_dir.with_name(f"{run_dir.name}-online-{online}")
+        online_curve, seconds = run_online(run_dir, dataset, seed, budget, online, target, online_dir, device)
+        rows.append(row(ODT_ONLINE, online_curve, seconds))
+    return rows
 
 
 def read_rows(path: Path) -> list[dict[str, str]]:
@@ -198,14 +258,34 @@ def read_rows(path: Path) -> list[dict[str, str]]:
     return [row for row in csv.DictReader(io.StringIO(path.read_text())) if row.get("device")]
 
 
-def append_row(path: Path, row: dict[str, Any]) -> None:
-    """One atomic CSV line per finished cell; the header is written with the first."""
+def _online_steps(row: dict[str, str]) -> int:
+    return int(row.get("online_steps") or 0)  # rows written before Online DT joined have no such column
+
+
+def cell_key(row: dict[str, str]) -> tuple[str, str, int, str, int, int]:
+    """What makes a row's cell: an ``odt`` cell is done once its online row is written."""
+    return (row["method"], row["dataset"], int(row["seed"]), row["budget"], int(row["steps"]), _online_steps(row))
+
+
+def append_rows(path: Path, rows: list[dict[str, Any]]) -> None:
+    """A finished cell's rows as one atomic append; the header is written with the first."""
     if not path.is_file():
         header = ",".join(COLUMNS) + "\n"
         atomic_write(path, lambda f: f.write(header.encode()))
     buffer = io.StringIO()
-    csv.DictWriter(buffer, COLUMNS, lineterminator="").writerow(row)
+    csv.DictWriter(buffer, COLUMNS, lineterminator="\n").writerows(rows)
     append_line(path, buffer.getvalue())
+
+
+def upgrade_csv(path: Path) -> None:
+    """Rewrite a CSV written before a column was added with today's header (new columns empty)."""
+    if not path.is_file() or path.read_text().split("\n", 1)[0] == ",".join(COLUMNS):
+        return
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, COLUMNS, restval="", extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(read_rows(path))
+    atomic_write(path, lambda f: f.write(buffer.getvalue().encode()))
 
 
 def run(args: argparse.Namespace) -> None:
@@ -213,26 +293,35 @@ def run(args: argparse.Namespace) -> None:
     (cheap methods first: a run stopped by a deadline leaves whole methods missing, not datasets)."""
     budget = BUDGETS[args.budget]
     steps = args.steps or budget.steps
+    online = args.online_steps or budget.online_steps
     if args.threads:
         torch.set_num_threads(args.threads)
     csv_path = args.out / CSV_FILE
-    done = {(r["method"], r["dataset"], int(r["seed"]), r["budget"], int(r["steps"])) for r in read_rows(csv_path)}
+    upgrade_csv(csv_path)
+    done = {cell_key(r) for r in read_rows(csv_path)}
     cells = [(d, s, m) for m in args.methods for d in args.datasets for s in args.seeds]
     index, count = args.shard
     mine = [c for i, c in enumerate(cells) if i % count == index]
     args.out.mkdir(parents=True, exist_ok=True)
     context = environment()
     context["versions"].update({name: _version(name) for name in ("gymnasium", "mujoco", "d3rlpy")})
-    append_line(args.out / RUNS_LOG, json.dumps({**context, "budget": args.budget, "steps": steps, "cells": len(mine)}))
+    record = {**context, "budget": args.budget, "steps": steps, "cells": len(mine)}
+    if "odt" in args.methods:
+        record["online_steps"] = online
+    append_line(args.out / RUNS_LOG, json.dumps(record))
     labels = {name: open_dataset(name).name for name in args.datasets}  # the name rows record
     for name, seed, method in mine:
         label = labels[name]
-        if (method, label, seed, args.budget, steps) in done:
+        stage, online_key = (ODT_ONLINE, online) if method == "odt" else (method, 0)  # odt: done once fine-tuned
+        if (stage, label, seed, args.budget, steps, online_key) in done:
             print(f"skip {method} {label} seed {seed} (done)", flush=True)
             continue
-        row = run_cell(method, name, seed, args.budget, steps, args.work, args.device, args.threads, args.pbc_fraction)
-        append_row(csv_path, row)
-        print(f"{method} {row['dataset']} seed {seed}: score {row['score_mean']} ({row['train_eval_s']} s)", flush=True)
+        rows = run_cell(
+            method, name, seed, args.budget, steps, args.work, args.device, args.threads, args.pbc_fraction, online
+        )
+        append_rows(csv_path, rows)
+        for row in rows:
+            print(f"{row['method']} {label} seed {seed}: score {row['score_mean']} ({row['train_eval_s']} s)", flush=True)
 
 
 def _version(package: str) -> str:
@@ -256,7 +345,7 @@ def summarise(rows: list[dict[str, str]]) -> dict[tuple[str, str], np.ndarray]:
 
 
 def _cell(values: np.ndarray | None) -> str:
-    return "–" if values is None else f"{values.mean():.1f} ± {values.std():.1f} (n={len(values)})"
+    return MISSING if values is None else f"{values.mean():.1f} ± {values.std():.1f} (n={len(values)})"
 
 
 def plot_curves(rows: list[dict[str, str]], datasets: list[str], methods: list[str], out: Path) -> Path:
@@ -327,7 +416,7 @@ def _save(fig: Any, path: Path) -> Path:
 
 
 def targets_met(scores: dict[tuple[str, str], np.ndarray], rows: list[dict[str, str]], datasets: list[str]) -> list[str]:
-    """The issue's targets, checked on what ran (a missing cell is said to be missing)."""
+    """Issue 6's targets, checked on what ran (a missing cell is said to be missing)."""
     lines = []
     for name in [d for d in datasets if d.endswith("medium-replay")]:
         dt, bc = scores.get((name, "dt")), scores.get((name, "bc"))
@@ -357,10 +446,48 @@ def targets_met(scores: dict[tuple[str, str], np.ndarray], rows: list[dict[str, 
     return lines
 
 
+def paired_verdict(variant: dict[int, float], baseline: dict[int, float], versus: str = "DT") -> str:
+    """``variant`` against ``baseline`` on the seeds both ran: beats / trails on every seed, or mixed."""
+    seeds = sorted(set(variant) & set(baseline))
+    if not seeds:
+        return f"no seed in common with {versus}"
+    diffs = np.array([variant[s] - baseline[s] for s in seeds])
+    gap = f"mean {diffs.mean():+.1f}, {len(seeds)} seed{'s' if len(seeds) > 1 else ''}"
+    if (diffs > 0).all():
+        return f"beats {versus} on every seed ({gap})"
+    if (diffs < 0).all():
+        return f"trails {versus} on every seed ({gap})"
+    return f"mixed: higher than {versus} on {int((diffs > 0).sum())} of {len(seeds)} seeds ({gap})"
+
+
+def variants_against_dt(rows: list[dict[str, str]], datasets: list[str]) -> list[str]:
+    """Per dataset, where each variant beats or trails the plain DT (paired by seed), and what fine-tuning did."""
+    seeds: dict[tuple[str, str], dict[int, float]] = {}
+    for r in rows:
+        seeds.setdefault((r["dataset"], r["method"]), {})[int(r["seed"])] = float(r["score_mean"])
+    lines = []
+    for name in datasets:
+        dt = seeds.get((name, "dt"))
+        parts = []
+        for variant in VARIANTS:
+            scores = seeds.get((name, variant))
+            verdict = "not run" if scores is None else "DT not run" if dt is None else paired_verdict(scores, dt)
+            parts.append(f"{LABELS[variant]} {verdict}")
+        if (name, "odt") in seeds and (name, ODT_ONLINE) in seeds:
+            tuned = paired_verdict(seeds[(name, ODT_ONLINE)], seeds[(name, "odt")], "offline")
+            parts.append(f"fine-tuning vs ODT offline: {tuned}")
+        lines.append(f"* {name}: " + "; ".join(parts) + ".")
+    return lines
+
+
 def _average(scores: dict[tuple[str, str], np.ndarray], datasets: list[str], method: str) -> float | None:
     if not all((d, method) in scores for d in datasets):
         return None
     return float(np.mean([scores[(d, method)].mean() for d in datasets]))
+
+
+def _published(value: float | None) -> str:
+    return "n/a" if value is None else f"{value}"
 
 
 def report(out: Path) -> Path:
@@ -372,18 +499,22 @@ def report(out: Path) -> Path:
     full_budget = ("full", BUDGETS["full"].steps)
     shown = full_budget if full_budget in budgets else max(budgets, key=lambda b: sum((r["budget"], int(r["steps"])) == b for r in every))
     rows = [r for r in every if (r["budget"], int(r["steps"])) == shown]
+    # Online DT rows of one online budget only: the most common, then the largest
+    online_budgets = sorted({_online_steps(r) for r in rows if r["method"] in ("odt", ODT_ONLINE)})
+    online = max(online_budgets, key=lambda n: (sum(_online_steps(r) == n for r in rows), n)) if online_budgets else 0
+    rows = [r for r in rows if r["method"] not in ("odt", ODT_ONLINE) or _online_steps(r) == online]
     datasets = [d for d in PAPER_DATASETS if any(r["dataset"] == d for r in rows)]
     datasets += sorted({r["dataset"] for r in rows} - set(datasets))
-    methods = [m for m in METHODS if any(r["method"] == m for r in rows)]
+    methods = [m for m in STAGES if any(r["method"] == m for r in rows)]
     scores = summarise(rows)
-    curves = plot_curves(rows, datasets, methods, out)
+    curves = plot_curves(rows, datasets, [m for m in methods if m != ODT_ONLINE], out)
     calibration_png = plot_calibration(rows, datasets, out)
     seeds = sorted({int(r["seed"]) for r in rows})
     lines = [
-        "# Gym benchmark: DT against BC, %BC, CQL and IQL on the same episodes",
+        "# Gym benchmark: DT against BC, %BC, CQL and IQL, and the DT variants, on the same episodes",
         "",
-        "Generated by `python benchmarks/gym_bench.py --report` from `gym.csv` (one row per method, dataset and seed); "
-        "do not edit by hand (notes come from `gym_notes.md`).",
+        "Generated by `python benchmarks/gym_bench.py --report` from `gym.csv` (one row per method, dataset and seed; "
+        "Online DT adds a row for its fine-tuned policy); do not edit by hand (notes come from `gym_notes.md`).",
         "",
     ]
     if shown != full_budget:
@@ -393,17 +524,28 @@ def report(out: Path) -> Path:
             "",
         ]
     full_scores = summarise([r for r in every if (r["budget"], int(r["steps"])) == full_budget])
-    done = [(d, m) for d in PAPER_DATASETS for m in METHODS if len(full_scores.get((d, m), [])) >= 3]
+    paper_methods = [m for m in STAGES if m not in VARIANTS]
+    done = [(d, m) for d in PAPER_DATASETS for m in paper_methods if len(full_scores.get((d, m), [])) >= 3]
+    variants_done = [(d, m) for d in PAPER_DATASETS for m in VARIANTS if len(full_scores.get((d, m), [])) >= 3]
+    not_run = [LABELS[m] for m in STAGES if m not in methods]
+    also = [(b, n) for b, n in budgets if (b, n) != shown]
+    other_online = sorted({_online_steps(r) for r in every if r["method"] in ("odt", ODT_ONLINE)} - {online})
     lines += [
         "## Status",
         "",
-        f"* Shown: {len(rows)} cells; datasets: {', '.join(datasets)}; methods: {', '.join(methods)}; seeds: {', '.join(map(str, seeds))}.",
-        f"* Full protocol (9 datasets × 5 methods × ≥ 3 seeds at `--budget full`): {len(done)} of 45 (dataset, method) pairs done.",
-        *[f"* Also in the CSV, not shown: `{b}` at {n:,} steps" for b, n in budgets if (b, n) != shown],
+        f"* Shown: {len(rows)} rows; datasets: {', '.join(datasets)}; methods: {', '.join(methods)}; seeds: {', '.join(map(str, seeds))}"
+        + (f"; Online DT fine-tuned for {online:,} environment steps." if online else "."),
+        *([f"* Not run at this budget: {', '.join(not_run)}."] if not_run else []),
+        f"* Full protocol (9 datasets × 5 methods × ≥ 3 seeds at `--budget full`): {len(done)} of 45 (dataset, method) pairs done; "
+        f"variants (DC, ODT offline, ODT online): {len(variants_done)} of 27.",
+        *[f"* Also in the CSV, not shown: `{b}` at {n:,} steps" for b, n in also],
+        *[f"* Also in the CSV, not shown: Online DT fine-tuned for {n:,} environment steps" for n in other_online],
         "",
         "## Normalised score at the end of training (mean ± std over seeds)",
         "",
-        "0 = uniformly random policy, 100 = the dataset's expert (the reference returns recorded with each dataset).",
+        "0 = uniformly random policy, 100 = the dataset's expert (the reference returns recorded with each dataset). "
+        f"{MISSING}: not run on that dataset. ODT offline / online: the same Online DT policy before and after online "
+        "fine-tuning, evaluated on the same seeds at the same target.",
         "",
         "| dataset | " + " | ".join(LABELS[m] for m in methods) + " |",
         "|---|" + "---|" * len(methods),
@@ -411,23 +553,44 @@ def report(out: Path) -> Path:
     for name in datasets:
         lines.append(f"| {name} | " + " | ".join(_cell(scores.get((name, m))) for m in methods) + " |")
     averages = [_average(scores, datasets, m) for m in methods]
-    lines.append("| **average** | " + " | ".join("–" if a is None else f"**{a:.1f}**" for a in averages) + " |")
+    lines.append("| **average** | " + " | ".join(MISSING if a is None else f"**{a:.1f}**" for a in averages) + " |")
     lines += [
         "",
         "## Published numbers, for context only",
         "",
-        "The DT paper's D4RL table (DT: mean ± std over 3 seeds; CQL and BC as the paper quotes them). "
-        "**Different data (D4RL -v2, SAC behaviour agents, mujoco-py) and a different simulator version: "
-        "not comparable with the numbers above.**",
+        "**Different data (D4RL -v2, SAC behaviour agents, mujoco-py), a different simulator version and the papers' "
+        "own configs and budgets: not comparable with the numbers above.**",
+        "",
+        "The DT paper's D4RL table (DT: mean ± std over 3 seeds; CQL and BC as the paper quotes them).",
         "",
         "| dataset | DT (paper) | CQL (paper) | BC (paper) |",
         "|---|---|---|---|",
+        *[f"| {d} | {PUBLISHED[d][0]} ± {PUBLISHED[d][1]} | {PUBLISHED[d][2]} | {PUBLISHED[d][3]} |" for d in datasets if d in PUBLISHED],
+        "",
+        "The variants' papers: Decision ConvFormer (Kim et al. 2024, ICLR; offline) and Online DT (Zheng et al. 2022, "
+        "ICML; offline score, then after 200k online environment steps). n/a: an entry we could not confirm from the "
+        "paper's own table, left out rather than guessed.",
+        "",
+        "| dataset | DC (paper) | ODT offline (paper) | ODT online, 200k steps (paper) |",
+        "|---|---|---|---|",
+        *[f"| {d} | " + " | ".join(_published(PUBLISHED_VARIANTS[d][m]) for m in VARIANTS) + " |" for d in datasets if d in PUBLISHED_VARIANTS],
+    ]  # fmt: skip
+    if not any(d in PUBLISHED for d in datasets):  # no paper dataset shown: the tables would be empty
+        lines = lines[: lines.index("## Published numbers, for context only") + 2] + ["None of the datasets shown is one of the papers'."]
+    lines += [
+        "",
+        "## Targets, on what ran",
+        "",
+        "Issue 6 (the DT paper's claims):",
+        "",
+        *targets_met(scores, rows, datasets),
+        "",
+        "Issue 12 (the variants against the plain DT, paired by seed; with 3 seeds a consistent sign is a hint, "
+        "not a significant difference):",
+        "",
+        *variants_against_dt(rows, datasets),
+        "",
     ]
-    for name in datasets:
-        if name in PUBLISHED:
-            dt, dt_std, cql, bc = PUBLISHED[name]
-            lines.append(f"| {name} | {dt} ± {dt_std} | {cql} | {bc} |")
-    lines += ["", "## Targets of issue 6, on what ran", "", *targets_met(scores, rows, datasets), ""]
     lines += ["## Figures", "", f"![learning curves]({curves.name})", ""]
     if calibration_png:
         lines += [f"![return calibration]({calibration_png.name})", ""]
@@ -439,18 +602,25 @@ def report(out: Path) -> Path:
         "* DT, BC and %BC: dtrl's transformer (`model.condition_on_return=false` for BC; %BC adds `top_fraction`); "
         "DT is conditioned on the best return in its dataset. CQL and IQL: d3rlpy with the settings of its D4RL "
         "reproduction scripts (`benchmarks/d3rlpy_adapter.py`), deterministic actions.",
+        "* Variants: DT's config and target with one setting changed — Decision ConvFormer `model.token_mixer=conv`, "
+        "Online DT `model.stochastic_policy=true` (evaluated with its mean action). Online DT is then fine-tuned by "
+        "`dtrl.finetune` (rollouts sample actions conditioned on twice the target, hindsight-relabelled replay of 1000 "
+        "trajectories starting from the dataset's best, AdamW lr 1e-4, weight decay 5e-4) and evaluated again on the "
+        "same seeds; the learning-curve figure shows its offline training only.",
         "* Budgets: " + "; ".join(f"`{n}`: {b.steps:,} steps, {b.eval_points} evaluation points, {b.episodes} episodes"
                                   + (", DT family 2 layers / width 64 / lr 1e-3 / warm-up 10%" if b.small_dt else ", DT at the paper's config")
+                                  + f", Online DT {b.online_steps:,} online steps with {b.online_updates} updates of batch "
+                                  f"{b.online_batch_size} per rollout"
                                   for n, b in BUDGETS.items()) + ".",
         "",
-        "## Wall time per cell (training + evaluation, seconds)",
+        "## Wall time per cell (training + evaluation, seconds; ODT online: the fine-tuning alone)",
         "",
         "| dataset | " + " | ".join(LABELS[m] for m in methods) + " |",
         "|---|" + "---|" * len(methods),
     ]  # fmt: skip
     for name in datasets:
         cells = [[float(r["train_eval_s"]) for r in rows if r["dataset"] == name and r["method"] == m] for m in methods]
-        lines.append(f"| {name} | " + " | ".join(f"{np.mean(c):.0f}" if c else "–" for c in cells) + " |")
+        lines.append(f"| {name} | " + " | ".join(f"{np.mean(c):.0f}" if c else MISSING for c in cells) + " |")
     lines += ["", "## Runs (command, machine, versions, load)", ""]
     log = out / RUNS_LOG
     for entry in [json.loads(x) for x in log.read_text().splitlines() if x.strip()] if log.is_file() else []:
@@ -490,6 +660,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--methods", type=_methods, default=list(METHODS))
     p.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[0, 1, 2])
     p.add_argument("--pbc-fraction", type=float, default=0.1, help="%%BC keeps this fraction of episodes")
+    p.add_argument(
+        "--online-steps", type=int, default=0,
+        help="Online DT's online budget in environment steps (default: the budget's, cpu-reduced 5000, full 200000)",
+    )  # fmt: skip
     p.add_argument("--shard", type=_shard, default=(0, 1), help="I/N: run every N-th cell, from the I-th")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default)")

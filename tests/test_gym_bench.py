@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from dtrl.checkpoint import load_policy_files
 from dtrl.data import EpisodeDataset
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -58,10 +59,10 @@ def test_adapter_keeps_episodes_and_transitions(pendulum_dataset: EpisodeDataset
         assert bool(theirs.terminated) == bool(ours.terminations[-1])
 
 
-def _run(bench, tiny: Path, out: Path, methods: str) -> None:
+def _run(bench, tiny: Path, out: Path, methods: str, *extra: str) -> None:
     bench.main(
         ["--budget", "cpu-reduced", "--steps", "8", "--datasets", str(tiny), "--methods", methods, "--seeds", "0",
-         "--out", str(out), "--work", str(out / "runs")]
+         "--out", str(out), "--work", str(out / "runs"), *extra]
     )  # fmt: skip
 
 
@@ -92,3 +93,78 @@ def test_unknown_method_is_a_one_line_error(capsys) -> None:
     with pytest.raises(SystemExit):
         _bench().parse_args(["--methods", "dt,ppo"])
     assert "unknown method(s) ppo" in capsys.readouterr().err
+
+
+@pytest.fixture()
+def reach_path(tmp_path: Path) -> Path:
+    """Ten-step episodes with positive returns (Online DT's rollout target is twice the evaluation target)."""
+    from test_variants import reach_dataset
+
+    data = reach_dataset(episodes=12)
+    data = EpisodeDataset.from_episodes(
+        list(data), observation_space=data.observation_space, action_space=data.action_space, name="reach-tiny",
+        env_id=data.env_id, ref_scores={"random": 0.0, "expert": 10.0},
+    )  # fmt: skip
+    return data.save(tmp_path / "reach-tiny.npz")
+
+
+def test_variants_write_offline_and_online_rows_and_the_report_compares_them(
+    reach_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    bench = _bench()
+    tiny = bench.Budget(8, 2, 2, 3, 1, small_dt=True, online_steps=1000, online_updates=2, online_batch_size=8)
+    monkeypatch.setitem(bench.BUDGETS, "cpu-reduced", tiny)
+    out = tmp_path / "results"
+    _run(bench, reach_path, out, "dt,dc,odt", "--online-steps", "30")
+    rows = bench.read_rows(out / bench.CSV_FILE)
+    assert [(r["method"], r["seed"], r["steps"], r["online_steps"]) for r in rows] == [
+        ("dt", "0", "8", ""), ("dc", "0", "8", ""), ("odt", "0", "8", "30"), ("odt-online", "0", "8", "30")
+    ]  # fmt: skip
+    by_method = {r["method"]: r for r in rows}
+    for r in rows:  # one protocol: same evaluation seeds, episodes and target for every method and stage
+        assert int(r["eval_seed"]) == bench.EVAL_SEED and int(r["episodes"]) == 2
+        assert r["target_return"] == by_method["dt"]["target_return"]
+    online_curve = bench._pairs(by_method["odt-online"]["curve"])
+    assert [p[0] for p in online_curve] == [0.0, 30.0]  # environment steps: before and after fine-tuning
+    # fine-tuning re-measures the offline policy on the same seeds: the offline row's final score
+    assert online_curve[0][1] == pytest.approx(bench._pairs(by_method["odt"]["curve"])[-1][1], abs=1e-3)
+    work = out / "runs"
+    assert load_policy_files(work / "dc-reach-tiny-s0-cpu-reduced-8")[0].model.token_mixer == "conv"
+    assert load_policy_files(work / "odt-reach-tiny-s0-cpu-reduced-8")[0].model.stochastic_policy
+    assert (work / "odt-reach-tiny-s0-cpu-reduced-8-online-30" / "finetune.json").is_file()
+
+    report = (out / "gym.md").read_text()
+    header = next(line for line in report.splitlines() if line.startswith("| dataset | DT"))
+    assert header.split(" | ")[1:] == ["DT", "Decision ConvFormer", "ODT offline", "ODT online |"]
+    variants_line = next(line for line in report.splitlines() if line.startswith("* reach-tiny: Decision ConvFormer"))
+    assert variants_line.count(" DT on every seed") + variants_line.count("of 1 seeds") == 3  # dc, odt, odt-online vs DT
+    assert "fine-tuning vs ODT offline:" in variants_line
+    assert "Online DT fine-tuned for 30 environment steps" in report
+
+    capsys.readouterr()
+    _run(bench, reach_path, out, "dt,dc,odt", "--online-steps", "30")  # all done: nothing reruns or is appended
+    assert len(bench.read_rows(out / bench.CSV_FILE)) == 4
+    assert capsys.readouterr().out.count("skip ") == 3
+
+
+def test_report_reads_and_upgrade_keeps_a_csv_written_before_the_variants(tmp_path: Path) -> None:
+    bench = _bench()
+    old_columns = [c for c in bench.COLUMNS if c != "online_steps"]
+    row = {
+        "method": "dt", "dataset": "pendulum-tiny", "env_id": "Pendulum-v1", "seed": "0", "budget": "cpu-reduced",
+        "steps": "8", "eval_seed": str(bench.EVAL_SEED), "episodes": "2", "target_return": "-100.0",
+        "return_mean": "-900.00", "return_std": "1.00", "score_mean": "28.571", "score_std": "0.100",
+        "curve": "4:20.000 8:28.571", "calibration": "", "dataset_best_return": "-100.0", "train_eval_s": "1.0",
+        "device": "cpu",
+    }  # fmt: skip
+    out = tmp_path / "results"
+    out.mkdir()
+    csv_path = out / bench.CSV_FILE
+    csv_path.write_text(",".join(old_columns) + "\n" + ",".join(row[c] for c in old_columns) + "\n")
+    report = bench.report(out).read_text()
+    assert "| pendulum-tiny | 28.6 ± 0.0 (n=1) |" in report
+    assert "Decision ConvFormer, ODT offline, ODT online." in next(x for x in report.splitlines() if x.startswith("* Not run"))
+    assert "* pendulum-tiny: Decision ConvFormer not run; ODT offline not run; ODT online not run." in report
+    bench.upgrade_csv(csv_path)
+    assert csv_path.read_text().splitlines()[0] == ",".join(bench.COLUMNS)
+    assert bench.read_rows(csv_path) == [{**row, "online_steps": ""}]

@@ -20,6 +20,7 @@ from dtrl.data import Episode, EpisodeDataset
 from dtrl.data.episodes import space_to_dict
 from dtrl.data.sampler import Batch, Normalizer, SegmentSampler
 from dtrl.errors import DtrlError
+from dtrl.evaluate import EpisodeRecorder, rollout
 from dtrl.finetune import TrajectoryBuffer, collect, finetune
 from dtrl.models import DecisionTransformer
 from dtrl.models.gaussian import log_prob, stochastic_action_loss, target_entropy, temperature
@@ -186,6 +187,49 @@ def test_buffer_keeps_best_offline_then_is_fifo():
     new = [data.episode(0), data.episode(1)]
     buffer.add(new)
     assert len(buffer) == 3 and list(buffer.episodes)[-2:] == new
+
+
+def test_policy_samples_the_gaussian_when_asked_and_rollouts_record_episodes():
+    torch.manual_seed(0)
+    data = reach_dataset(episodes=4)
+    cfg = ModelConfig(observation_dim=1, action_dim=1, context_length=4, n_layer=1, n_embd=16, stochastic_policy=True)
+    normalizer = Normalizer.from_dataset(data)
+    spec = PolicySpec(cfg, 10.0, normalizer.to_dict(), space_to_dict(data.observation_space), space_to_dict(data.action_space), REACH)
+    model = DecisionTransformer(cfg)
+    obs = np.zeros((16, 1), np.float32)
+
+    def first_actions(policy: DecisionTransformerPolicy, seed: int | None) -> np.ndarray:
+        if seed is not None:
+            policy.sample_actions(seed)
+        policy.reset(5.0, num_envs=16)
+        return policy.act(obs)
+
+    mean = first_actions(DecisionTransformerPolicy(model, spec), None)
+    assert np.ptp(mean) == 0  # the same input gives the mean action everywhere
+    sampled = first_actions(DecisionTransformerPolicy(model, spec), 3)
+    assert np.ptp(sampled) > 0 and np.array_equal(sampled, first_actions(DecisionTransformerPolicy(model, spec), 3))
+    # a Gaussian is sampled over the recomputed window: a KV-cache policy does the very same
+    cached = DecisionTransformerPolicy(model, spec, kv_cache=True)
+    np.testing.assert_array_equal(first_actions(cached, 3), sampled)
+    deterministic = ModelConfig(observation_dim=1, action_dim=1, context_length=4, n_layer=1, n_embd=16)
+    with pytest.raises(DtrlError, match="deterministic action head"):
+        DecisionTransformerPolicy(DecisionTransformer(deterministic), PolicySpec(deterministic, *spec_fields(spec))).sample_actions()
+
+    # rollout's record hook: whole episodes, the returns rollout counts, cut at the first end
+    policy = DecisionTransformerPolicy(model, spec)
+    policy.sample_actions(1)
+    policy.reset(5.0, num_envs=3)
+    recorder = EpisodeRecorder()
+    returns, lengths = rollout(REACH, [0, 1, 2], policy.act, max_episode_steps=6, record=recorder)
+    episodes = recorder.episodes()
+    assert [len(e) for e in episodes] == lengths.tolist() == [6, 6, 6]
+    np.testing.assert_allclose([e.total_return for e in episodes], returns, rtol=1e-6)
+    assert all(e.truncations[-1] and not e.truncations[:-1].any() for e in episodes)
+    np.testing.assert_allclose(episodes[0].observations[:, 0], np.arange(6) / 10, rtol=1e-6)  # observed before each step
+
+
+def spec_fields(spec: PolicySpec) -> tuple:
+    return spec.reward_scale, spec.normalizer, spec.observation_space, spec.action_space, spec.env_id
 
 
 def test_rollouts_are_relabelled_with_the_returns_they_achieved():

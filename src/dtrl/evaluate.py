@@ -13,6 +13,7 @@ from typing import Callable, Sequence
 import gymnasium as gym
 import numpy as np
 
+from dtrl.data.episodes import PER_STEP_ARRAYS, Episode
 from dtrl.envs import check_env_id, make_vector_env, normalized_score, reference_scores, success_return
 from dtrl.policy import DecisionTransformerPolicy
 
@@ -62,6 +63,28 @@ class EvalResult:
         return d
 
 
+class EpisodeRecorder:
+    """A :func:`rollout` hook that keeps every transition; :meth:`episodes` cuts them into episodes.
+
+    Each episode holds what was observed before each step, the env-unit actions taken and the
+    rewards, terminations and truncations the env returned, up to and including its first end.
+    """
+
+    def __init__(self) -> None:
+        self.steps: dict[str, list[np.ndarray]] = {k: [] for k in PER_STEP_ARRAYS}
+
+    def __call__(self, *transition: np.ndarray) -> None:
+        """One step of every env: observations, actions, rewards, terminated, truncated (batched)."""
+        for name, value in zip(self.steps, transition, strict=True):
+            self.steps[name].append(np.array(value))
+
+    def episodes(self) -> list[Episode]:
+        stacked = {k: np.stack(v, axis=1) for k, v in self.steps.items()}  # (n, T, ...)
+        ended = stacked["terminations"] | stacked["truncations"]
+        lengths = np.where(ended.any(axis=1), ended.argmax(axis=1) + 1, ended.shape[1])
+        return [Episode(**{k: v[i, :length] for k, v in stacked.items()}) for i, length in enumerate(lengths)]
+
+
 def rollout(
     env_id: str,
     seeds: Sequence[int],
@@ -69,13 +92,16 @@ def rollout(
     check: Callable[[gym.vector.VectorEnv], None] | None = None,
     on_step: Callable[[int], None] | None = None,
     max_episode_steps: int | None = None,
+    record: Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray], None] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Run one episode per seed, in parallel, to its end: returns and lengths.
 
     ``act(observations, last_rewards)`` maps the batch of observations (and the
     rewards the previous actions earned) to a batch of actions. Environments
     that finish early keep stepping until all are done, but nothing they do
-    after their end is counted.
+    after their end is counted. ``record(observations, actions, rewards,
+    terminated, truncated)`` sees every batched transition (an
+    :class:`EpisodeRecorder` turns them into episodes).
     """
     envs = make_vector_env(env_id, len(seeds), max_episode_steps)
     try:
@@ -89,7 +115,11 @@ def rollout(
         reward = np.zeros(n)
         step = 0
         while not done.all():
-            obs, reward, terminated, truncated, _ = envs.step(act(obs, reward))
+            action = act(obs, reward)
+            next_obs, reward, terminated, truncated, _ = envs.step(action)
+            if record is not None:
+                record(obs, action, reward, terminated, truncated)
+            obs = next_obs
             returns += np.where(done, 0.0, reward)
             lengths += ~done
             done |= terminated | truncated

@@ -34,13 +34,12 @@ import yaml
 
 from dtrl.checkpoint import PolicySpec, latest_checkpoint, load_policy_files, save_checkpoint
 from dtrl.config import FinetuneConfig, TrainConfig
-from dtrl.data.episodes import PER_STEP_ARRAYS, Episode, EpisodeDataset, atomic_write, space_from_dict
+from dtrl.data.episodes import Episode, EpisodeDataset, atomic_write, space_from_dict
 from dtrl.data.sampler import Normalizer, SegmentSampler
-from dtrl.envs import make_vector_env
 from dtrl.errors import DtrlError
-from dtrl.evaluate import EvalResult, evaluate
+from dtrl.evaluate import EpisodeRecorder, EvalResult, evaluate, rollout
 from dtrl.models import DecisionTransformer
-from dtrl.models.gaussian import network_parameters, sample, temperature
+from dtrl.models.gaussian import network_parameters, temperature
 from dtrl.policy import DecisionTransformerPolicy, pick_device
 from dtrl.tracking import write_run_info
 from dtrl.train import MetricsLogger, action_loss, build_optimizer
@@ -71,7 +70,6 @@ class TrajectoryBuffer:
         return EpisodeDataset.from_episodes(list(self.episodes), observation_space, action_space, name="replay")
 
 
-@torch.inference_mode()
 def collect(
     model: DecisionTransformer,
     spec: PolicySpec,
@@ -83,56 +81,19 @@ def collect(
 ) -> list[Episode]:
     """One episode per seed, in parallel, with actions sampled from the stochastic policy.
 
-    The policy sees the last K steps and a return-to-go that starts at
-    ``target_return`` and drops by each reward; episodes are cut (truncated)
-    after ``max_steps`` steps. The episodes record env-unit actions and the
-    rewards earned, never the conditioning target.
+    The policy (:class:`~dtrl.policy.DecisionTransformerPolicy` in sampling mode) sees the
+    last K steps and a return-to-go that starts at ``target_return`` and drops by each
+    reward; episodes are cut (truncated) after ``max_steps`` steps. The episodes record
+    env-unit actions and the rewards earned, never the conditioning target.
     """
-    cfg, device = spec.model, next(model.parameters()).device
-    normalizer = Normalizer.from_dict(spec.normalizer)
-    action_space = space_from_dict(spec.action_space)
-    limit = gym.spec(env_id).max_episode_steps or cfg.max_episode_length
-    horizon = min(limit, max_steps) if max_steps else limit
-    n, K = len(seeds), cfg.context_length
-    envs = make_vector_env(env_id, n)
-    try:
-        DecisionTransformerPolicy(model, spec, device).check_env(envs, env_id)
-        model.eval()
-        obs, _ = envs.reset(seed=[int(s) for s in seeds])
-        states = torch.zeros(n, horizon, cfg.observation_dim, device=device)
-        actions = torch.zeros(n, horizon, cfg.action_dim, device=device)
-        rtg = torch.zeros(n, horizon, device=device)
-        timesteps = torch.arange(horizon, device=device).expand(n, horizon)
-        to_go = torch.full((n,), target_return / spec.reward_scale, device=device)
-        record: dict[str, list] = {k: [] for k in PER_STEP_ARRAYS}
-        alive = np.ones(n, dtype=bool)
-        lengths = np.zeros(n, dtype=np.int64)
-        for t in range(horizon):
-            states[:, t] = torch.from_numpy(normalizer.states(obs)).to(device)
-            rtg[:, t] = to_go
-            lo = max(0, t + 1 - K)
-            window = slice(lo, t + 1)
-            mean, log_std = model(
-                rtg[:, window], states[:, window], actions[:, window], timesteps[:, window], distribution=True
-            )
-            actions[:, t] = sample(mean[:, -1].float(), log_std[:, -1].float(), generator)
-            env_actions = normalizer.actions_to_env(actions[:, t].cpu().numpy())
-            env_actions = np.clip(env_actions, action_space.low.reshape(-1), action_space.high.reshape(-1))
-            env_actions = env_actions.reshape((n, *action_space.shape)).astype(action_space.dtype)
-            next_obs, reward, terminated, truncated, _ = envs.step(env_actions)
-            truncated = truncated | (t == horizon - 1)
-            for name, value in zip(record, (obs, env_actions, reward, terminated, truncated)):
-                record[name].append(np.asarray(value))
-            lengths += alive
-            alive &= ~(terminated | truncated)
-            to_go = to_go - torch.as_tensor(reward / spec.reward_scale, device=device, dtype=torch.float32)
-            obs = next_obs
-            if not alive.any():
-                break
-    finally:
-        envs.close()
-    stacked = {k: np.stack(v, axis=1) for k, v in record.items()}  # (n, T, ...)
-    return [Episode(**{k: v[i, : lengths[i]] for k, v in stacked.items()}) for i in range(n)]
+    limit = gym.spec(env_id).max_episode_steps or spec.model.max_episode_length
+    policy = DecisionTransformerPolicy(model, spec, next(model.parameters()).device)
+    policy.sample_actions(generator=generator)
+    policy.reset(target_return, num_envs=len(seeds))
+    recorder = EpisodeRecorder()
+    check = lambda envs: policy.check_env(envs, env_id)  # noqa: E731
+    rollout(env_id, seeds, policy.act, check, max_episode_steps=min(limit, max_steps or limit), record=recorder)
+    return recorder.episodes()
 
 
 @dataclass

@@ -5,7 +5,9 @@ subtracts the reward of the previous step from the return-to-go (in the scale
 used in training), appends the observation to a sliding window of the last K
 steps and returns the predicted action. Observations may be batched (one row
 per parallel environment): then the target return may be one value or one per
-row, and ``act`` returns one action per row.
+row, and ``act`` returns one action per row. By default the policy acts with the
+most likely action (the mean of a stochastic head); :meth:`DecisionTransformerPolicy.sample_actions`
+draws from the predicted distribution instead (Atari's evaluation, Online DT's rollouts).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from dtrl.envs import check_fits
 from dtrl.errors import DtrlError
 from dtrl.models import DecisionTransformer
 from dtrl.models.decision_transformer import DecodingCache
+from dtrl.models.gaussian import sample
 
 
 def pick_device(device: str = "auto") -> torch.device:
@@ -73,9 +76,35 @@ class DecisionTransformerPolicy:
         act_space = getattr(env, "single_action_space", env.action_space)
         check_fits(obs_space, act_space, self.spec.observation_space, self.spec.action_space, env_id, self.spec.env_id)
 
+    def sample_actions(self, seed: int = 0, generator: torch.Generator | None = None) -> None:
+        """Draw actions from the predicted distribution instead of taking its mode: the softmax of a
+        discrete policy, the tanh-squashed Gaussian of a stochastic continuous one (Online DT's rollouts).
+
+        ``generator`` continues a caller's random stream (on the CPU for a discrete policy, on the
+        policy's device for a Gaussian); without one, a new one is seeded with ``seed``. Sampling a
+        Gaussian recomputes the window at every step: the key/value cache is not used.
+        """
+        cfg = self.spec.model
+        if not cfg.discrete and not cfg.stochastic_policy:
+            raise DtrlError(
+                "this policy has a deterministic action head, there is no distribution to sample: "
+                "train with model.stochastic_policy=true"
+            )
+        if not cfg.discrete and self._cache is not None and self._t > 0:
+            raise DtrlError("call sample_actions() before reset(): this episode already uses the key/value cache")
+        self._sampler = generator or torch.Generator(device="cpu" if cfg.discrete else self.device).manual_seed(seed)
+        if not cfg.discrete:
+            self._cache = None
+
     def sample_discrete_actions(self, seed: int = 0) -> None:
-        """Draw discrete actions from the predicted distribution (seeded) instead of taking the most likely."""
-        self._sampler = torch.Generator().manual_seed(seed)
+        """Draw discrete actions from the predicted distribution (seeded) instead of taking the most likely;
+        a continuous policy keeps acting with its mean action (``eval_sample_actions``)."""
+        if self.spec.model.discrete:
+            self.sample_actions(seed)
+
+    @property
+    def _samples_gaussian(self) -> bool:
+        return self._sampler is not None and not self.spec.model.discrete
 
     # ------------------------------------------------------------------ episode API
     def reset(self, target_return: float | Sequence[float] | np.ndarray, num_envs: int | None = None) -> None:
@@ -94,7 +123,7 @@ class DecisionTransformerPolicy:
         self._timesteps = torch.zeros(n, K, dtype=torch.long, device=self.device)
         self._next_rtg = torch.as_tensor(np.broadcast_to(targets, (n,)) / self.spec.reward_scale, device=self.device).float()
         self._t = 0
-        self._cache = self.model.new_cache(n, self.device) if self.kv_cache else None
+        self._cache = self.model.new_cache(n, self.device) if self.kv_cache and not self._samples_gaussian else None
         self._previous_actions = None
 
     @torch.inference_mode()
@@ -125,7 +154,12 @@ class DecisionTransformerPolicy:
         self._states[:, i] = states
         self._actions[:, i] = 0
         self._timesteps[:, i] = self._t
-        pred = self.model(self._rtg[:, :n], self._states[:, :n], self._actions[:, :n], self._timesteps[:, :n])[:, -1]
+        window = (self._rtg[:, :n], self._states[:, :n], self._actions[:, :n], self._timesteps[:, :n])
+        if self._samples_gaussian:
+            mean, log_std = self.model(*window, distribution=True)
+            pred = sample(mean[:, -1].float(), log_std[:, -1].float(), self._sampler)
+        else:
+            pred = self.model(*window)[:, -1]
         action = self._to_env(pred)
         self._actions[:, i] = self._previous_actions
         return action
