@@ -2,6 +2,8 @@
 
     python benchmarks/perf.py [--threads 2] [--seconds 3] [--rounds 5]        # CPU
     python benchmarks/perf.py --device cuda                                   # GPU
+    python benchmarks/perf.py --device cuda --stacked 1,3,9,27                # stacked seeds only
+    python benchmarks/perf.py --latency --threads 1 --rounds 15               # single-policy latency only
 
 Everything uses the paper's gym configuration (K = 20, 3 layers, 1 head, width
 128, MLP 512, ReLU, dropout 0.1, batch 64, AdamW lr 1e-4 / wd 1e-4, clip 0.25,
@@ -19,7 +21,13 @@ Everything uses the paper's gym configuration (K = 20, 3 layers, 1 head, width
   one synchronous vector env (auto-reset; a fixed number of vector steps): the
   raw simulator with random actions (the physical limit), dtrl full recompute
   and KV cache, HF batched full recompute, d3rlpy one stateful wrapper per env.
-* latency: ms per action of one stateful policy over 300 steps (past K), median of the rounds.
+* stacked seeds (``--stacked``, run on its own): seed-steps/s of N seeds trained in one
+  process (``dtrl train --seeds``, :mod:`dtrl.stacked`) against one seed at a time, the
+  rate of N runs made one after another; results/perf_stacked_<device>.json.
+* latency: ms per action of one stateful policy over 300 steps (past K), median of the rounds:
+  dtrl's KV cache (the fast decoder) and, for reference, the same cache module by module, full
+  recompute, HF, d3rlpy's stateful wrapper. ``--latency`` measures only this
+  (results/perf_latency_<device>.json; perf.md shows the newer of it and a full run's).
 * memory: CUDA peak allocated per phase on GPU; on CPU the process's peak RSS
   after each phase (a high-water mark, so only increases show).
 
@@ -37,6 +45,7 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse  # noqa: E402
+import functools  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 import resource  # noqa: E402
@@ -61,7 +70,8 @@ from dtrl.data.episodes import EpisodeDataset, atomic_write, space_to_dict  # no
 from dtrl.data.sampler import Normalizer, SegmentSampler  # noqa: E402
 from dtrl.models import DecisionTransformer  # noqa: E402
 from dtrl.policy import DecisionTransformerPolicy  # noqa: E402
-from dtrl.train import action_loss, autocast, build_optimizer, model_config_for  # noqa: E402
+from dtrl.stacked import stack_batches, stack_models, stacked_train_step  # noqa: E402
+from dtrl.train import build_optimizer, model_config_for, train_step  # noqa: E402
 
 SEED = 0
 ENV_ID = "Hopper-v5"
@@ -99,7 +109,8 @@ def peak_memory_mb(device: torch.device) -> float:
 def dtrl_trainer(
     dataset: EpisodeDataset, device: torch.device, precision: str, config: TrainConfig | None = None
 ) -> Callable[[], float]:
-    """One step of dtrl's training loop (dtrl.train._train without logging and checkpoints).
+    """One step of dtrl's training loop: :func:`dtrl.train.train_step` on a fresh batch, as
+    ``dtrl train`` runs it, without logging and checkpoints.
 
     ``config``: the paper's gym configuration unless given (scaling_curves.py varies batch and K).
     """
@@ -111,16 +122,71 @@ def dtrl_trainer(
     optimizer, scheduler = build_optimizer(model, config)
 
     def step() -> float:
-        with autocast(config, device):
-            loss = action_loss(model, sampler.sample(config.batch_size))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-        optimizer.step()
-        scheduler.step()
-        return loss.item()
+        return train_step(model, optimizer, scheduler, sampler.sample(config.batch_size), config)[0]
 
     return step
+
+
+def stacked_trainer(
+    dataset: EpisodeDataset, device: torch.device, precision: str, seeds: int, config: TrainConfig | None = None
+) -> Callable[[], list[float]]:
+    """One step of ``seeds`` seeds stacked in one process (:mod:`dtrl.stacked`, ``dtrl train --seeds``):
+    every seed's batch, one vmapped forward and backward, per-seed clipping, one fused AdamW step."""
+    config = config or TrainConfig(precision=precision, seed=SEED)
+    normalizer = Normalizer.from_dataset(dataset)
+    model_config = model_config_for(dataset, config.model, normalizer)
+    models = []
+    for seed in range(seeds):
+        torch.manual_seed(seed)
+        models.append(DecisionTransformer(model_config))
+    stacked = stack_models(models).to(device).train()
+    samplers = [SegmentSampler(dataset, config.model.context_length, config.reward_scale, normalizer, device, seed)
+                for seed in range(seeds)]
+    optimizer, scheduler = build_optimizer(stacked, config)
+
+    def step() -> list[float]:
+        batch = stack_batches([s.sample(config.batch_size) for s in samplers])
+        return stacked_train_step(stacked, optimizer, scheduler, batch, config)[0]
+
+    return step
+
+
+def measure_stacked(
+    dataset: EpisodeDataset, device: torch.device, precision: str, sizes: list[int], seconds: float, rounds: int,
+    config: TrainConfig | None = None,
+) -> dict[str, Any]:
+    """Seed-steps/s (gradient steps summed over seeds) of N stacked seeds against one seed at a time.
+
+    Sequential runs of N seeds, one after another, make the one-seed rate of seed-steps/s
+    whatever N is; the stack's is N × its stack steps/s. Interleaved rounds, medians.
+    """
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    single: list[float] = []
+    stack: dict[int, list[float]] = {n: [] for n in sizes}
+    memory: dict[int, float] = {}
+    for _ in range(rounds):
+        single.append(rate(dtrl_trainer(dataset, device, precision, config), seconds, 3, sync))
+        print(f"stacked: 1 seed alone: {single[-1]:.2f} seed-steps/s", flush=True)
+        for n in sizes:
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            stack[n].append(n * rate(stacked_trainer(dataset, device, precision, n, config), seconds, 3, sync))
+            memory[n] = round(peak_memory_mb(device), 1)
+            print(f"stacked: {n} seeds in one process: {stack[n][-1]:.2f} seed-steps/s", flush=True)
+    sequential = statistics.median(single)
+    return {
+        "precision": precision,
+        "sequential_seed_steps_per_second": round(sequential, 2),
+        "stacked": {
+            str(n): {"seed_steps_per_second": round(statistics.median(v), 2),
+                     "stack_steps_per_second": round(statistics.median(v) / n, 2),
+                     "speedup_vs_sequential": round(statistics.median(v) / sequential, 2),
+                     "peak_memory_mb": memory[n]}
+            for n, v in stack.items()
+        },
+        "all_rounds": {"sequential": [round(x, 2) for x in single],
+                       **{str(n): [round(x, 2) for x in v] for n, v in stack.items()}},
+    }
 
 
 def plain_floor(dataset: EpisodeDataset, device: torch.device, bf16: bool) -> Callable[[], None]:
@@ -292,6 +358,50 @@ def vector_steps(n: int, scale: float) -> int:
     return max(40, int(scale * {1: 600, 10: 200, 50: 60}[n]))
 
 
+def measure_latency(
+    dataset: EpisodeDataset, device: torch.device, rounds: int, d3_algo: Any, hf: HFWindowPolicy
+) -> tuple[dict[str, float], dict[str, list[float]]]:
+    """ms per action of one stateful policy over a 300-step stream (past K), each method once per
+    round, rounds interleaved; medians and every round. ``dtrl_kv_cache`` is what
+    ``kv_cache=True`` runs (the fast decoder, :mod:`dtrl.models.fast_decode`),
+    ``dtrl_kv_cache_modules`` the same cache stepped module by module (``new_cache(fast=False)``)."""
+    obs_stream = np.random.default_rng(SEED).normal(size=(300, dataset.observations.shape[1])).astype(np.float32)
+    modules = dtrl_policy(dataset, device, True)
+    modules.model.new_cache = functools.partial(modules.model.new_cache, fast=False)  # what reset() calls
+
+    def latency(reset: Callable[[], Callable[[np.ndarray, float], Any]]) -> float:
+        act = reset()
+        start = time.perf_counter()
+        for t, o in enumerate(obs_stream):
+            act(o, 1.0 if t else 0.0)
+        return (time.perf_counter() - start) / len(obs_stream) * 1e3
+
+    def single(policy: DecisionTransformerPolicy) -> Callable[[], Callable[[np.ndarray, float], Any]]:
+        def reset() -> Callable[[np.ndarray, float], Any]:
+            policy.reset(3600.0)
+            return policy.act
+
+        return reset
+
+    def d3_single() -> Callable[[np.ndarray, float], Any]:
+        return d3_algo.as_stateful_wrapper(target_return=3600.0).predict
+
+    def hf_single() -> Callable[[np.ndarray, float], Any]:
+        hf.reset(1, 3600.0)
+        return lambda o, r: hf.act(o[None], np.array([r]))
+
+    lat_fns = {"dtrl_kv_cache": single(dtrl_policy(dataset, device, True)), "dtrl_kv_cache_modules": single(modules),
+               "dtrl_full_recompute": single(dtrl_policy(dataset, device, False)),
+               "hf_transformers": hf_single, "d3rlpy": d3_single}
+    for fn in lat_fns.values():  # warm-up: first calls, allocator, caches
+        latency(fn)
+    lat: dict[str, list[float]] = {k: [] for k in lat_fns}
+    for _ in range(rounds):
+        for name, fn in lat_fns.items():
+            lat[name].append(latency(fn))
+    return {k: round(statistics.median(v), 4) for k, v in lat.items()}, lat
+
+
 # ------------------------------------------------------------------------------------------ the run
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -300,12 +410,24 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=3.0, help="timing window of each training measurement")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds; the median is reported")
     parser.add_argument("--eval-scale", type=float, default=1.0, help="multiplies the vector steps timed")
+    parser.add_argument("--stacked", type=lambda s: [int(x) for x in s.split(",")], default=None, metavar="N,N,...",
+                        help="measure only stacked seeds (dtrl train --seeds): N seeds in one process against one "
+                        "seed at a time; writes results/perf_stacked_<device>.json")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="with --stacked: the precision")
+    parser.add_argument("--latency", action="store_true", help="measure only the per-action latency of one stateful "
+                        "policy (dtrl, HF, d3rlpy); writes results/perf_latency_<device>.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     logging.getLogger().setLevel(logging.WARNING)
     device = torch.device(args.device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     dataset = quickstart()
+    if args.stacked:
+        stacked_main(args, dataset, device)
+        return
+    if args.latency:
+        latency_main(args, dataset, device)
+        return
     memory: dict[str, float] = {"start": round(peak_memory_mb(device), 1)}
 
     def phase(name: str) -> None:
@@ -369,36 +491,7 @@ def main() -> None:
     phase("eval")
 
     # latency ----------------------------------------------------------------------------------
-    obs_stream = np.random.default_rng(SEED).normal(size=(300, dataset.observations.shape[1])).astype(np.float32)
-
-    def latency(reset: Callable[[], Callable[[np.ndarray, float], Any]]) -> float:
-        act = reset()
-        start = time.perf_counter()
-        for t, o in enumerate(obs_stream):
-            act(o, 1.0 if t else 0.0)
-        return (time.perf_counter() - start) / len(obs_stream) * 1e3
-
-    def single(policy: DecisionTransformerPolicy) -> Callable[[], Callable[[np.ndarray, float], Any]]:
-        def reset() -> Callable[[np.ndarray, float], Any]:
-            policy.reset(3600.0)
-            return policy.act
-
-        return reset
-
-    def d3_single() -> Callable[[np.ndarray, float], Any]:
-        return d3_algo.as_stateful_wrapper(target_return=3600.0).predict
-
-    def hf_single() -> Callable[[np.ndarray, float], Any]:
-        hf.reset(1, 3600.0)
-        return lambda o, r: hf.act(o[None], np.array([r]))
-
-    lat_fns = {"dtrl_kv_cache": single(cached), "dtrl_full_recompute": single(window),
-               "hf_transformers": hf_single, "d3rlpy": d3_single}
-    lat: dict[str, list[float]] = {k: [] for k in lat_fns}
-    for _ in range(args.rounds):
-        for name, fn in lat_fns.items():
-            lat[name].append(latency(fn))
-    latency_ms = {k: round(statistics.median(v), 4) for k, v in lat.items()}
+    latency_ms, lat = measure_latency(dataset, device, args.rounds, d3_algo, hf)
     print(f"latency ms/action: {latency_ms}", flush=True)
 
     import d3rlpy
@@ -431,6 +524,51 @@ def main() -> None:
     print(f"wrote {path} and {RESULTS / 'perf.md'}")
 
 
+def stacked_main(args: argparse.Namespace, dataset: EpisodeDataset, device: torch.device) -> None:
+    """``--stacked``: the stacked-seeds measurement alone, with the context every result carries."""
+    env = environment()
+    env["threads"] = args.threads
+    env["OMP_WAIT_POLICY"] = os.environ["OMP_WAIT_POLICY"]
+    result = {
+        "environment": env,
+        "settings": {"config": "paper gym: K=20, 3 layers, 1 head, 128 wide, MLP 512, relu, dropout 0.1, batch 64 per seed",
+                     "dataset": "dtrl quickstart (Hopper-v5)", "seconds": args.seconds, "rounds": args.rounds,
+                     "device": args.device},
+        **measure_stacked(dataset, device, args.precision, args.stacked, args.seconds, args.rounds),
+    }
+    path = RESULTS / f"perf_stacked_{device.type}.json"
+    text = json.dumps(result, indent=2) + "\n"
+    atomic_write(path, lambda f: f.write(text.encode()))
+    print(text + f"wrote {path}")
+
+
+def latency_main(args: argparse.Namespace, dataset: EpisodeDataset, device: torch.device) -> None:
+    """``--latency``: the single-policy latency alone (perf.md shows the newer of this and a full run's)."""
+    import d3rlpy
+    import transformers
+
+    latency_ms, lat = measure_latency(dataset, device, args.rounds, d3rlpy_dt(dataset, device)[0],
+                                      HFWindowPolicy(dataset, device))
+    env = environment()
+    env["versions"].update({"d3rlpy": d3rlpy.__version__, "transformers": transformers.__version__})
+    env["threads"] = args.threads
+    env["OMP_WAIT_POLICY"] = os.environ["OMP_WAIT_POLICY"]
+    result = {
+        "environment": env,
+        "settings": {"config": "paper gym: K=20, 3 layers, 1 head, 128 wide, MLP 512, relu; Hopper-v5 shapes (11, 3)",
+                     "stream": "300 steps, one episode per method and round", "rounds": args.rounds,
+                     "device": args.device},
+        "latency_ms_per_action": latency_ms,
+        "ratio_to_d3rlpy": {k: round(v / latency_ms["d3rlpy"], 3) for k, v in latency_ms.items()},
+        "latency_ms_per_action_all_rounds": {k: [round(x, 4) for x in v] for k, v in lat.items()},
+    }
+    path = RESULTS / f"perf_latency_{device.type}.json"
+    text = json.dumps(result, indent=2) + "\n"
+    atomic_write(path, lambda f: f.write(text.encode()))
+    render()
+    print(text + f"wrote {path} and {RESULTS / 'perf.md'}")
+
+
 def render() -> None:
     """perf.md from every perf_*.json: absolute numbers and ratios against each peer."""
     lines = ["# Performance: dtrl vs d3rlpy vs HF transformers", "",
@@ -444,6 +582,15 @@ def render() -> None:
             continue
         r = json.loads(path.read_text())
         env, tr, ev, lat = r["environment"], r["train_steps_per_second"], r["eval_env_steps_per_second"], r["latency_ms_per_action"]
+        lat_path, lat_note = RESULTS / f"perf_latency_{device}.json", []
+        if lat_path.is_file():  # a later `--latency` run replaces the full run's latency numbers
+            lr = json.loads(lat_path.read_text())
+            le = lr["environment"]
+            if le["date"] > env["date"]:
+                lat = lr["latency_ms_per_action"]
+                lat_note = [f"From a separate run, `{le['command']}` ({le['date']}; torch threads {le['threads']}; "
+                            f"load average {le['load_average_1_5_15min']}; median of {lr['settings']['rounds']} "
+                            f"interleaved rounds; {lat_path.name}), which also gives the latency target above.", ""]
         lines += [f"## {device.upper()}", "",
                   f"- command: `{env['command']}`", f"- machine: {env['machine']}; GPU: {env['gpu']}; "
                   f"torch threads: {env['threads']}, OMP_WAIT_POLICY={env['OMP_WAIT_POLICY']}", f"- load average (1/5/15 min) at the end: {env['load_average_1_5_15min']}",
@@ -487,7 +634,7 @@ def render() -> None:
             lines.append(f"| {n} | {row['raw_simulator']:.0f} | {row['dtrl_kv_cache']:.0f} | {row['dtrl_full_recompute']:.0f} | "
                          f"{row['hf_transformers']:.0f} | {row['d3rlpy']:.0f} | {row['dtrl_kv_cache'] / row['raw_simulator']:.2f} | "
                          f"{row['dtrl_kv_cache'] / row['hf_transformers']:.1f}× | {row['dtrl_kv_cache'] / row['d3rlpy']:.1f}× |")
-        lines += ["", "### Latency of one stateful policy (ms per action, lower is better)", "",
+        lines += ["", "### Latency of one stateful policy (ms per action, lower is better)", "", *lat_note,
                   "| method | ms/action | this ÷ d3rlpy |", "|---|---|---|"]
         for name, value in lat.items():
             lines.append(f"| {name} | {value:.3f} | {value / lat['d3rlpy']:.2f} |")

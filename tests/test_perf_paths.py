@@ -15,7 +15,7 @@ from dtrl.data.episodes import space_to_dict
 from dtrl.data.sampler import Normalizer, SegmentSampler
 from dtrl.models import DecisionTransformer
 from dtrl.policy import DecisionTransformerPolicy
-from dtrl.train import CompiledForward, action_loss, autocast, build_optimizer
+from dtrl.train import CompiledForward, build_optimizer, train_step
 
 STEPS = 17  # past the context length (5) more than three times over
 
@@ -128,14 +128,7 @@ def _train_steps(dataset, cfg: ModelConfig, steps: int = 25, fused: bool = False
     forward = CompiledForward(model, torch.device("cpu")) if train_cfg.compile else model
     losses = []
     for _ in range(steps):
-        with autocast(train_cfg, torch.device("cpu")):
-            loss = action_loss(forward, sampler.sample(train_cfg.batch_size))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.grad_clip)
-        optimizer.step()
-        scheduler.step()
-        losses.append(loss.item())
+        losses.append(train_step(model, optimizer, scheduler, sampler.sample(train_cfg.batch_size), train_cfg, forward)[0])
     return losses, model
 
 

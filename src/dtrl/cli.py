@@ -74,9 +74,12 @@ def progress_bar(description: str, total: int | None) -> Iterator[Progress]:
         yield bar
 
 
-def train_with_progress(config, resume: bool = False, overrides: dict | None = None):
-    """Train with a progress bar showing the loss; prints a line per log interval when not a terminal."""
-    from dtrl.train import train
+def train_with_progress(config, resume: bool = False, overrides: dict | None = None, train=None):
+    """Train with a progress bar showing the loss; prints a line per log interval when not a terminal.
+
+    ``train``: the training function (default :func:`dtrl.train.train`; stacked seeds pass theirs)."""
+    if train is None:
+        from dtrl.train import train
 
     start = 0
 
@@ -138,18 +141,26 @@ def results_table(title: str, results, baseline=None) -> Table:
     epilog="Examples:\n\n  dtrl train -c configs/hopper.yaml\n\n"
     "  dtrl train dataset=quickstart steps=2000 model.n_layer=2 out_dir=runs/small\n\n"
     "  dtrl train -c configs/hopper.yaml --resume\n\n"
+    "  dtrl train -c configs/hopper.yaml out_dir=runs/hopper --seeds 0,1,2   (one process, runs/hopper/seed_N)\n\n"
     "  torchrun --nproc-per-node 4 -m dtrl train -c configs/hopper.yaml   (data-parallel, docs/scaling.md)"
 )
 def train(
     overrides: Optional[List[str]] = typer.Argument(None, help="Config overrides key=value (e.g. model.n_layer=2 steps=500)."),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config file; overrides win over it."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in out_dir from its newest checkpoint."),
+    seeds: Optional[str] = typer.Option(
+        None, "--seeds", help="Train these seeds (e.g. 0,1,2) stacked in one process with torch.func.vmap; "
+        "seed N's run goes to OUT_DIR/seed_N (docs/performance.md)."
+    ),
 ) -> None:
     """Train a Decision Transformer from a YAML config plus key=value overrides."""
     from dtrl.config import load_config, parse_overrides
     from dtrl.distributed import from_env
 
     cfg = load_config(config, overrides)
+    if seeds is not None:
+        _train_stacked(cfg, seeds, resume, parse_overrides(overrides or []))
+        return
     if not from_env().is_main:  # under torchrun, rank 0 alone reports
         from dtrl.train import train as run_training
 
@@ -161,6 +172,22 @@ def train(
     console.print(f"checkpoint: {result.checkpoint}")
     if result.eval_results:
         console.print(results_table("evaluation", result.eval_results))
+
+
+def _train_stacked(cfg, seeds: str, resume: bool, overrides: dict) -> None:
+    """``dtrl train --seeds``: every seed's run in one process, then each one's checkpoint and evaluation."""
+    from functools import partial
+
+    from dtrl.stacked import parse_seeds, train_stacked
+
+    results = train_with_progress(cfg, resume, overrides, train=partial(train_stacked, seeds=parse_seeds(seeds)))
+    for result in results:
+        if result.losses:
+            console.print(f"{result.run_dir.name}: final train/loss {result.losses[-1][1]:.4f} "
+                          f"(first logged {result.losses[0][1]:.4f})")
+        console.print(f"checkpoint: {result.checkpoint}")
+        if result.eval_results:
+            console.print(results_table(f"evaluation ({result.run_dir.name})", result.eval_results))
 
 
 @app.command(

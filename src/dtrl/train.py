@@ -130,6 +130,62 @@ def autocast(config: TrainConfig, device: torch.device) -> torch.autocast:
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
 
 
+class Diverged(DtrlError):
+    """A step's loss or gradient norm was not finite. Raised before the optimizer step, so the
+    weights are still the last finite ones; the caller adds where it happened (step, batch, checkpoint)."""
+
+    def __init__(self, loss: Any, grad_norm: Any) -> None:
+        super().__init__(f"training diverged: loss={loss}, grad_norm={grad_norm}")
+        self.loss, self.grad_norm = loss, grad_norm
+
+
+def clip_gradients(model: torch.nn.Module, max_norm: float) -> torch.Tensor:
+    """Clip the global gradient norm of the network's parameters (not a learned temperature); return the norm."""
+    return torch.nn.utils.clip_grad_norm_(network_parameters(model), max_norm)
+
+
+def train_step(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    batch: Batch,
+    config: TrainConfig,
+    forward: Callable[..., Any] | None = None,
+    dist: Dist = Dist(),
+    loss_fn: Callable[[Any, Batch, Dist], torch.Tensor] | None = None,
+    clip_fn: Callable[[torch.nn.Module, float], torch.Tensor] | None = None,
+) -> tuple[Any, torch.Tensor]:
+    """One gradient step of the paper's recipe on ``batch``; returns (loss value(s), gradient norm(s)).
+
+    Forward and loss under ``config.precision``'s autocast, backward, the
+    divergence check (between backward and the optimizer step, so a NaN never
+    reaches the weights: :class:`Diverged`), gradient clipping to
+    ``config.grad_clip`` (0: none), optimizer and learning-rate schedule step.
+    The one place this sequence lives: training, the benchmarks and the tests
+    all call it, so they measure and check the same arithmetic.
+
+    ``forward`` is what computes the loss (a DDP or compiled wrapper of
+    ``model``; default ``model``). ``loss_fn(forward, batch, dist)`` defaults to
+    :func:`action_loss` and ``clip_fn(model, max_norm)`` to
+    :func:`clip_gradients`; stacked multi-seed training
+    (:mod:`dtrl.stacked`) passes its own, which return one loss and one norm
+    per seed: the loss value is then a list and the backward pass takes every
+    seed's loss at once (each seed's parameters get only its own gradient).
+    """
+    with autocast(config, batch.mask.device):
+        loss = (loss_fn or action_loss)(forward or model, batch, dist)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward(torch.ones_like(loss))  # what loss.backward() does for a scalar; per-seed losses at once
+    grad_norm = (clip_fn or clip_gradients)(model, config.grad_clip if config.grad_clip > 0 else math.inf)
+    value = loss.tolist()
+    finite = all(map(math.isfinite, value)) if isinstance(value, list) else math.isfinite(value)
+    if not finite or not bool(torch.isfinite(grad_norm).all()):
+        raise Diverged(value, grad_norm.tolist())
+    optimizer.step()
+    scheduler.step()
+    return value, grad_norm
+
+
 class CompiledForward:
     """``torch.compile`` of the training forward (CUDA graphs on GPU) that falls back to eager
     with a warning if compilation fails, so ``compile=true`` never stops a run."""
@@ -292,6 +348,74 @@ class TrainResult:
     eval_results: list[EvalResult] = field(default_factory=list)
 
 
+@dataclass
+class RunData:
+    """What a run needs from its dataset: the episodes, the evaluation env, the normalisation,
+    the model config filled in from the data's spaces, the checkpoints' policy spec and the
+    returns to evaluate at."""
+
+    dataset: EpisodeDataset
+    env_id: str
+    normalizer: Normalizer
+    model_config: ModelConfig
+    spec: PolicySpec
+    targets: list[float]
+
+    @classmethod
+    def load(cls, config: TrainConfig) -> "RunData":
+        dataset = open_dataset(config.dataset).top_episodes(config.top_fraction)
+        env_id = config.env or dataset.env_id
+        if env_id:
+            check_env_id(env_id)
+        normalizer = Normalizer.from_dataset(dataset)
+        model_config = model_config_for(dataset, config.model, normalizer)
+        spec = PolicySpec(
+            model=model_config,
+            reward_scale=config.reward_scale,
+            normalizer=normalizer.to_dict(),
+            observation_space=space_to_dict(dataset.observation_space),
+            action_space=space_to_dict(dataset.action_space),
+            env_id=env_id or None,
+            ref_scores=dataset.ref_scores,
+            dataset=dataset.name,
+        )
+        targets = config.target_returns or [float(dataset.episode_returns.max())]
+        return cls(dataset, env_id, normalizer, model_config, spec, targets)
+
+
+def evaluate_and_log(
+    model: DecisionTransformer,
+    spec: PolicySpec,
+    device: torch.device,
+    config: TrainConfig,
+    data: RunData,
+    logger: MetricsLogger,
+    step: int,
+) -> list[EvalResult]:
+    """Evaluate ``model`` in the run's env at its targets, log the returns at ``step``, leave it in train mode."""
+    policy = DecisionTransformerPolicy(model, spec, device)
+    if config.eval_sample_actions:
+        policy.sample_discrete_actions(config.seed)
+    results = evaluate(
+        policy, data.env_id, data.targets, config.eval_episodes, seed=config.seed,
+        max_episode_steps=config.eval_max_episode_steps or None,
+    )
+    model.train()
+    metrics = {}
+    for r in results:
+        metrics[f"eval/return_mean@{r.target_return:g}"] = r.mean
+        if r.normalized:
+            metrics[f"eval/normalized_score@{r.target_return:g}"] = r.normalized[0]
+    logger.log(step, metrics)
+    return results
+
+
+def write_eval_report(run_dir: Path, results: list[EvalResult]) -> None:
+    """The final evaluation, ``eval.json``."""
+    report = json.dumps([r.to_dict() for r in results], indent=2).encode()
+    atomic_write(run_dir / "eval.json", lambda f: f.write(report))
+
+
 def prepare_run(config: TrainConfig, resume: bool, overrides: dict[str, Any] | None = None) -> TrainConfig:
     """Create the run directory, or on resume reload its config (plus overrides such as steps)."""
     run_dir = Path(config.out_dir)
@@ -348,29 +472,16 @@ def _train(
     device = dist.device(pick_device(config.device))
     torch.manual_seed(config.seed)
 
-    dataset = open_dataset(config.dataset).top_episodes(config.top_fraction)
-    env_id = config.env or dataset.env_id
-    if env_id:
-        check_env_id(env_id)
-    normalizer = Normalizer.from_dataset(dataset)
-    model_config = model_config_for(dataset, config.model, normalizer)
+    data = RunData.load(config)
+    env_id, model_config, spec = data.env_id, data.model_config, data.spec
     rank_seed = distributed.rank_seed(config.seed, dist.rank)
-    sampler = SegmentSampler(dataset, model_config.context_length, config.reward_scale, normalizer, device, rank_seed)
+    sampler = SegmentSampler(
+        data.dataset, model_config.context_length, config.reward_scale, data.normalizer, device, rank_seed
+    )
     model = DecisionTransformer(model_config).to(device)
     if dist.rank:
         torch.manual_seed(rank_seed)  # after the (shared) initialisation: a dropout stream of its own
     optimizer, scheduler = build_optimizer(model, config)
-    spec = PolicySpec(
-        model=model_config,
-        reward_scale=config.reward_scale,
-        normalizer=normalizer.to_dict(),
-        observation_space=space_to_dict(dataset.observation_space),
-        action_space=space_to_dict(dataset.action_space),
-        env_id=env_id or None,
-        ref_scores=dataset.ref_scores,
-        dataset=dataset.name,
-    )
-    targets = config.target_returns or [float(dataset.episode_returns.max())]
 
     step = 0
     if resume and (ckpt := dist.share(lambda: latest_checkpoint(run_dir))) is not None:
@@ -396,21 +507,7 @@ def _train(
 
     def run_eval() -> list[EvalResult]:
         spec.step = step
-        policy = DecisionTransformerPolicy(model, spec, device)
-        if config.eval_sample_actions:
-            policy.sample_discrete_actions(config.seed)
-        results = evaluate(
-            policy, env_id, targets, config.eval_episodes, seed=config.seed,
-            max_episode_steps=config.eval_max_episode_steps or None,
-        )
-        model.train()
-        metrics = {}
-        for r in results:
-            metrics[f"eval/return_mean@{r.target_return:g}"] = r.mean
-            if r.normalized:
-                metrics[f"eval/normalized_score@{r.target_return:g}"] = r.normalized[0]
-        logger.log(step, metrics)
-        return results
+        return evaluate_and_log(model, spec, device, config, data, logger, step)
 
     logger = MetricsLogger(
         run_dir, enabled=dist.is_main, wandb_config=to_dict(config) if config.wandb else None, start_step=step
@@ -425,23 +522,15 @@ def _train(
     try:
         while step < config.steps:
             batch = sampler.sample(config.batch_size)
-            with autocast(config, device):
-                loss = action_loss(forward, batch, dist)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(
-                network_parameters(model), config.grad_clip if config.grad_clip > 0 else math.inf
-            )
-            value = loss.item()
-            if not math.isfinite(value) or not torch.isfinite(grad_norm):
+            try:
+                value, grad_norm = train_step(model, optimizer, scheduler, batch, config, forward, dist)
+            except Diverged as e:
                 where = f" (rank {dist.rank})" if dist.enabled else ""
                 raise DtrlError(
-                    f"training diverged at step {step + 1}: loss={value}, grad_norm={float(grad_norm)}; "
+                    f"training diverged at step {step + 1}: loss={e.loss}, grad_norm={e.grad_norm}; "
                     f"batch{where}: {batch_statistics(batch)}; {last_good_checkpoint(run_dir)}: "
                     "lower learning_rate or check the data"
-                )
-            optimizer.step()
-            scheduler.step()
+                ) from None
             step += 1
             window.append(value)
             if step % config.log_every == 0 or step == config.steps:
@@ -471,8 +560,7 @@ def _train(
             result.checkpoint = dist.share(lambda: latest_checkpoint(run_dir)) or checkpoint()
         if env_id and config.eval_episodes and dist.is_main:
             result.eval_results = run_eval()
-            report = json.dumps([r.to_dict() for r in result.eval_results], indent=2).encode()
-            atomic_write(run_dir / "eval.json", lambda f: f.write(report))
+            write_eval_report(run_dir, result.eval_results)
     except DiskError as e:  # the writer kept nothing partial: say where the run stands
         raise DiskError(
             e.path,

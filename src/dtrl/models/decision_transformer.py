@@ -20,6 +20,7 @@ from torch import nn
 from dtrl.config import ModelConfig
 from dtrl.errors import DtrlError
 from dtrl.models.encoders import NatureCNN
+from dtrl.models.fast_decode import FastDecodingCache
 from dtrl.models.gaussian import bounded_log_std, init_log_temperature
 from dtrl.models.transformer import KVCache, Transformer, causal_padding_mask, init_gpt2_weights
 
@@ -106,18 +107,28 @@ class DecisionTransformer(nn.Module):
         return pred
 
     # ------------------------------------------------------------------ incremental decoding
-    def new_cache(self, batch: int, device: torch.device | str = "cpu") -> "DecodingCache":
-        """An empty key/value cache for ``batch`` episodes that advance in lockstep."""
+    def new_cache(
+        self, batch: int, device: torch.device | str = "cpu", fast: bool | None = None
+    ) -> "DecodingCache | FastDecodingCache":
+        """An empty key/value cache for ``batch`` episodes that advance in lockstep.
+
+        ``fast`` (default: when the model is in eval mode and K > 1) gives a
+        :class:`~dtrl.models.fast_decode.FastDecodingCache`: the same computation with far
+        fewer operations per step, reading the weights as they are now; ``fast=False`` the
+        module-by-module :class:`DecodingCache`. :meth:`step` takes either.
+        """
         if not self.transformer.supports_kv_cache:
             raise DtrlError(
                 f"model.token_mixer={self.config.token_mixer!r} has no key/value cache: "
                 "use the full-recompute policy (kv_cache=False)"
             )
+        if fast or (fast is None and FastDecodingCache.supports(self)):
+            return FastDecodingCache(self, batch, torch.device(device))
         return DecodingCache(self, batch, torch.device(device))
 
     def step(
         self,
-        cache: "DecodingCache",
+        cache: "DecodingCache | FastDecodingCache",
         returns_to_go: torch.Tensor,
         states: torch.Tensor,
         timesteps: torch.Tensor,
@@ -131,6 +142,8 @@ class DecisionTransformer(nn.Module):
         the oldest step's keys and values leave the window once it holds K
         steps. Returns (B, act) like :meth:`forward` at the last position.
         """
+        if isinstance(cache, FastDecodingCache):
+            return cache.step(returns_to_go, states, timesteps, previous_actions)
         cfg = self.config
         time = self.embed_timestep(timesteps.clamp(max=cfg.max_episode_length - 1))
         tokens = []

@@ -1,0 +1,503 @@
+"""Several seeds of one run trained together in one process (``dtrl train --seeds 0,1,2``).
+
+A paper-sized Decision Transformer (3 layers, width 128, batch 64) is far too
+small to fill a GPU: one run spends most of its step launching kernels. Seeds
+of the same configuration have the same architecture, so N of them can share
+every kernel: their parameters are stacked along a new first dimension
+(:func:`torch.func.stack_module_state`), the forward pass is one
+:func:`torch.func.functional_call` vmapped over that dimension, one backward
+pass gives every seed its own gradient, and one fused AdamW steps them all.
+
+What is the same as N separate ``dtrl train seed=S`` runs, and what is not:
+
+* initial weights and batches: seed S's model is initialised after
+  ``torch.manual_seed(S)`` and its sampler seeded with S, exactly as a single
+  run does;
+* AdamW and weight decay act elementwise, and every seed shares the learning
+  rate schedule and step count: stacking them is exact;
+* gradient clipping is per seed: each seed's norm over its own slices of the
+  stacked gradients, as if clipped alone (:func:`clip_per_seed`);
+* the loss is a masked mean per seed instead of a boolean-indexed one (vmap
+  cannot batch data-dependent shapes): the same value up to float rounding;
+* attention runs on PyTorch's math kernel inside vmap: the fused CPU kernel has
+  no batching rule, and vmap would fall back to a Python loop over seeds;
+* dropout: ``vmap(randomness="different")`` gives each seed its own masks, but
+  from one shared random stream, so they are not the masks a separate run
+  would draw. With dropout 0 a stacked seed equals a separate run up to float
+  rounding (``tests/test_stacked.py``); with dropout it is an equally valid
+  sample of the same training, not a bit-exact copy.
+
+Every seed writes an ordinary run directory ``OUT_DIR/seed_S`` (its
+``config.yaml`` says ``seed: S``): metrics, TensorBoard events, evaluations and
+checkpoints that ``dtrl eval``, ``dtrl.load`` and ``dtrl calibrate`` read as
+they read any run. ``resume=True`` continues the stack from the newest step
+that every seed has a complete checkpoint of, bit-exactly.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+import math
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, stack_module_state, vmap
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from dtrl import distributed
+from dtrl.checkpoint import (
+    CHECKPOINT_DIR,
+    CONFIG_FILE,
+    TRAIN_STATE_FILE,
+    WEIGHTS_FILE,
+    load_policy_files,
+    load_train_state,
+    save_checkpoint,
+)
+from dtrl.config import TrainConfig, to_dict
+from dtrl.data.sampler import Batch, SegmentSampler
+from dtrl.distributed import Dist
+from dtrl.errors import DiskError, DtrlError
+from dtrl.evaluate import EvalResult
+from dtrl.models import DecisionTransformer
+from dtrl.models.gaussian import entropy_estimate, log_prob, network_parameters, target_entropy
+from dtrl.policy import pick_device
+from dtrl.train import (
+    Diverged,
+    MetricsLogger,
+    RunData,
+    TrainResult,
+    batch_statistics,
+    build_optimizer,
+    evaluate_and_log,
+    last_good_checkpoint,
+    prepare_run,
+    rng_state,
+    train_step,
+    write_eval_report,
+)
+
+log = logging.getLogger(__name__)
+
+
+# ----------------------------------------------------------------------------- seeds and run dirs
+def parse_seeds(text: str) -> list[int]:
+    """``"0,1,2"`` -> ``[0, 1, 2]``, with a clear error for anything else."""
+    try:
+        seeds = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise DtrlError(f"--seeds {text!r}: give comma-separated integers, e.g. --seeds 0,1,2") from None
+    return check_seeds(seeds)
+
+
+def check_seeds(seeds: Sequence[int]) -> list[int]:
+    seeds = list(seeds)
+    if not seeds:
+        raise DtrlError("no seeds given: e.g. --seeds 0,1,2")
+    if len(set(seeds)) != len(seeds):
+        raise DtrlError(f"seeds {seeds} repeat one: every seed gets its own run directory")
+    return seeds
+
+
+def seed_run_dir(out_dir: str | Path, seed: int) -> Path:
+    """Where seed ``seed`` of a stack writes its run."""
+    return Path(out_dir) / f"seed_{seed}"
+
+
+def seed_config(config: TrainConfig, seed: int) -> TrainConfig:
+    return dataclasses.replace(config, seed=seed, out_dir=str(seed_run_dir(config.out_dir, seed)))
+
+
+def _shared_settings(config: TrainConfig) -> dict[str, Any]:
+    """A seed's config without what differs between the seeds of one stack."""
+    return {k: v for k, v in to_dict(config).items() if k not in ("seed", "out_dir")}
+
+
+def dropout_seed(seeds: Sequence[int]) -> int:
+    """The seed of the stack's one shared dropout stream, derived from all its seeds."""
+    return int(np.random.SeedSequence([s % 2**64 for s in seeds]).generate_state(1, np.uint64)[0] >> 1)
+
+
+# ----------------------------------------------------------------------------- stacked models
+def stack_models(models: Sequence[nn.Module]) -> nn.Module:
+    """A copy of ``models[0]`` whose parameters and buffers are all models' stacked along a new first dimension.
+
+    It keeps a single model's parameter names, so :func:`dtrl.train.build_optimizer`,
+    ``network_parameters`` and state dicts work on it unchanged; slice ``i`` of
+    every tensor is model ``i``. Run it with :func:`stacked_forward`.
+    """
+    params, buffers = stack_module_state(list(models))
+    stacked = copy.deepcopy(models[0])
+    for name, value in {**params, **buffers}.items():
+        owner, _, leaf = name.rpartition(".")
+        tensor = nn.Parameter(value.detach()) if name in params else value
+        setattr(stacked.get_submodule(owner), leaf, tensor)
+    return stacked
+
+
+def seed_state_dict(stacked: nn.Module, index: int) -> dict[str, torch.Tensor]:
+    """Model ``index``'s weights as a single model's state dict (copies, not views into the stack)."""
+    return {k: v[index].clone() for k, v in stacked.state_dict().items()}
+
+
+def load_seed_state_dicts(stacked: nn.Module, states: Sequence[dict[str, torch.Tensor]]) -> None:
+    stacked.load_state_dict({k: torch.stack([s[k] for s in states]) for k in states[0]})
+
+
+def seed_optimizer_state(state: dict[str, Any], index: int) -> dict[str, Any]:
+    """Seed ``index``'s share of the stacked AdamW's state dict, in a single model's format.
+
+    AdamW's moments are elementwise, so they are slices; the step count is
+    shared. A plain run can load the result (``dtrl train --resume`` on one
+    seed's directory continues that seed alone).
+    """
+    per_param = {
+        k: {name: t.clone() if name == "step" else t[index].clone() for name, t in entry.items()}
+        for k, entry in state["state"].items()
+    }
+    return {"state": per_param, "param_groups": copy.deepcopy(state["param_groups"])}
+
+
+def stack_optimizer_states(states: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The inverse of :func:`seed_optimizer_state`: per-seed AdamW states -> the stacked AdamW's."""
+    first = states[0]
+    per_param = {
+        k: {
+            name: t if name == "step" else torch.stack([s["state"][k][name] for s in states])
+            for name, t in entry.items()
+        }
+        for k, entry in first["state"].items()
+    }
+    return {"state": per_param, "param_groups": first["param_groups"]}
+
+
+def stack_batches(batches: Sequence[Batch]) -> Batch:
+    """N batches -> one whose tensors have a leading seed dimension."""
+    fields = [f.name for f in dataclasses.fields(Batch)]
+    return Batch(**{name: torch.stack([getattr(b, name) for b in batches]) for name in fields})
+
+
+def seed_batch(batch: Batch, index: int) -> Batch:
+    fields = [f.name for f in dataclasses.fields(Batch)]
+    return Batch(**{name: getattr(batch, name)[index] for name in fields})
+
+
+def stacked_forward(stacked: nn.Module, batch: Batch, **kwargs: Any) -> Any:
+    """Every seed's model on its own slice of a stacked batch: the model's forward, vmapped over seeds.
+
+    ``kwargs`` go to the model's forward (``distribution=True``). Attention is
+    restricted to the math kernel, which vmap batches (see the module docstring).
+    """
+    state = {**dict(stacked.named_parameters()), **dict(stacked.named_buffers())}
+
+    def one(state: dict[str, torch.Tensor], *inputs: torch.Tensor) -> Any:
+        return functional_call(stacked, state, inputs, kwargs)
+
+    inputs = (batch.returns_to_go, batch.states, batch.actions, batch.timesteps, batch.mask)
+    with sdpa_kernel(SDPBackend.MATH):
+        return vmap(one, randomness="different")(state, *inputs)
+
+
+def stacked_action_loss(stacked: nn.Module, batch: Batch, dist: Dist = Dist()) -> torch.Tensor:
+    """Each seed's :func:`dtrl.train.action_loss` on its slice of a stacked batch: an (N,) vector.
+
+    Means over real steps are written as masked sums, which vmap and stacking
+    allow, instead of boolean indexing; the values are the same up to rounding.
+    """
+    if dist.enabled:
+        raise DtrlError("stacked seeds train in one process: start dtrl train --seeds without torchrun")
+    config = stacked.config
+    mask = batch.mask
+    if config.stochastic_policy:
+        per_step = _stochastic_per_step(stacked, batch)
+    else:
+        pred = stacked_forward(stacked, batch).float()
+        if config.discrete:
+            flat = F.cross_entropy(pred.flatten(0, 2), batch.actions.flatten(), reduction="none")
+            per_step = flat.view(mask.shape)
+        else:
+            per_step = (pred - batch.actions).square().mean(-1)
+    return torch.where(mask, per_step, 0.0).sum((1, 2)) / mask.sum((1, 2))
+
+
+def _stochastic_per_step(stacked: nn.Module, batch: Batch) -> torch.Tensor:
+    """Online DT's per-step loss (:func:`dtrl.models.gaussian.stochastic_action_loss`), each seed with its own temperature."""
+    mean, log_std = stacked_forward(stacked, batch, distribution=True)
+    mean, log_std = mean.float(), log_std.float()
+    nll = -log_prob(mean, log_std, batch.actions)
+    entropy = entropy_estimate(mean, log_std)
+    alpha = stacked.log_temperature.exp().view(-1, 1, 1)
+    return nll - alpha.detach() * entropy + alpha * (entropy.detach() - target_entropy(stacked.config.action_dim))
+
+
+def clip_per_seed(stacked: nn.Module, max_norm: float) -> torch.Tensor:
+    """Clip each seed's gradient to ``max_norm`` by its own global norm; return the (N,) norms before clipping.
+
+    The same arithmetic as ``torch.nn.utils.clip_grad_norm_`` on one model,
+    per slice: a diverging or large-gradient seed never shrinks the others' steps.
+    """
+    grads = [p.grad for p in network_parameters(stacked) if p.grad is not None]
+    per_param = torch.stack([torch.linalg.vector_norm(g.reshape(len(g), -1), dim=1) for g in grads])
+    norms = torch.linalg.vector_norm(per_param, dim=0)
+    scale = (max_norm / (norms + 1e-6)).clamp(max=1.0)
+    for g in grads:
+        g.mul_(scale.view(-1, *[1] * (g.ndim - 1)))
+    return norms
+
+
+def stacked_train_step(
+    stacked: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    batch: Batch,
+    config: TrainConfig,
+) -> tuple[list[float], torch.Tensor]:
+    """:func:`dtrl.train.train_step` for a stack: per-seed losses and per-seed clipping."""
+    return train_step(
+        stacked, optimizer, scheduler, batch, config, loss_fn=stacked_action_loss, clip_fn=clip_per_seed
+    )
+
+
+# ----------------------------------------------------------------------------- checkpoints
+def _complete_steps(run_dir: Path) -> set[int]:
+    """The steps of a run's checkpoints that hold every file (what a resume may load)."""
+    files = (CONFIG_FILE, WEIGHTS_FILE, TRAIN_STATE_FILE)
+    steps = set()
+    for path in (run_dir / CHECKPOINT_DIR).glob("step_*"):
+        if path.is_dir() and all((path / f).is_file() for f in files):
+            steps.add(int(path.name.split("_")[1]))
+    return steps
+
+
+def common_checkpoint_step(run_dirs: Sequence[Path]) -> int | None:
+    """The newest step every run has a complete checkpoint of (a kill between seeds' saves leaves some ahead)."""
+    common = set.intersection(*(_complete_steps(d) for d in run_dirs))
+    return max(common) if common else None
+
+
+def _prune(run_dir: Path, keep: int) -> None:
+    for old in sorted(p for p in (run_dir / CHECKPOINT_DIR).glob("step_*") if p.is_dir())[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------- training
+@dataclasses.dataclass
+class _Seed:
+    """One seed's run: its config, sampler, logger and the losses of the current log interval."""
+
+    config: TrainConfig
+    sampler: SegmentSampler
+    logger: MetricsLogger | None = None
+    window: list[float] = dataclasses.field(default_factory=list)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.config.out_dir)
+
+
+class StackedRun:
+    """The state of a stacked training run; :func:`train_stacked` drives it."""
+
+    def __init__(self, config: TrainConfig, seeds: list[int], resume: bool, overrides: dict[str, Any] | None) -> None:
+        _check_supported(config)  # before any run directory is made
+        per_seed = {k: v for k, v in (overrides or {}).items() if k not in ("seed", "out_dir")}
+        configs = [prepare_run(seed_config(config, s), resume, per_seed) for s in seeds]
+        for c in configs[1:]:
+            if _shared_settings(c) != _shared_settings(configs[0]):
+                raise DtrlError(
+                    f"{c.out_dir} was trained with other settings than {configs[0].out_dir}: "
+                    "the seeds of one stack must share every setting but the seed"
+                )
+        self.config = config = configs[0]
+        self.seeds = seeds
+        if config.num_threads:
+            torch.set_num_threads(config.num_threads)
+        self.device = pick_device(config.device)
+        self.data = RunData.load(config)
+        model_config = self.data.model_config
+        self.runs = [
+            _Seed(c, SegmentSampler(self.data.dataset, model_config.context_length, config.reward_scale,
+                                    self.data.normalizer, self.device, c.seed))
+            for c in configs
+        ]
+        models = []
+        for seed in seeds:  # each initialised as `dtrl train seed=S` initialises it
+            torch.manual_seed(seed)
+            models.append(DecisionTransformer(model_config))
+        self.stacked = stack_models(models).to(self.device).train()
+        self.single = models[0].to(self.device)  # a plain model to evaluate each seed's weights in
+        torch.manual_seed(dropout_seed(seeds))
+        self.optimizer, self.scheduler = build_optimizer(self.stacked, config)
+        self.step = self.restore() if resume else 0
+
+    def restore(self) -> int:
+        """Load every seed's checkpoint of the newest step they all have; return that step."""
+        run_dirs = [r.run_dir for r in self.runs]
+        step = common_checkpoint_step(run_dirs)
+        if step is None:
+            if any(_complete_steps(d) for d in run_dirs):
+                raise DtrlError(
+                    f"the seeds in {self.config.out_dir} share no checkpoint step: resume them one by one "
+                    "with dtrl train --resume, or start the stack again in a new out_dir"
+                )
+            return 0
+        checkpoints = [d / CHECKPOINT_DIR / f"step_{step:08d}" for d in run_dirs]
+        try:
+            load_seed_state_dicts(self.stacked, [load_policy_files(c)[1] for c in checkpoints])
+        except RuntimeError as e:
+            raise DtrlError(
+                f"checkpoints in {self.config.out_dir} do not fit the model built from this config and dataset "
+                f"({' '.join(str(e).split())[:200]}): resume with the settings they were trained with"
+            ) from None
+        states = [load_train_state(c) for c in checkpoints]
+        self.optimizer.load_state_dict(stack_optimizer_states([s["optimizer"] for s in states]))
+        self.scheduler.load_state_dict(states[0]["scheduler"])
+        for run, state in zip(self.runs, states):
+            run.sampler.load_state_dict(state["sampler"])
+        torch.set_rng_state(states[0]["torch_rng"])  # the shared dropout stream, saved with every seed
+        if self.device.type == "cuda" and "cuda_rng" in states[0]:
+            torch.cuda.set_rng_state(states[0]["cuda_rng"], self.device)
+        return step
+
+    def checkpoint(self) -> list[Path]:
+        """Every seed's checkpoint of this step; older ones are pruned only once all are written,
+        so a kill between two seeds' saves still leaves a step they all share."""
+        optimizer, scheduler = self.optimizer.state_dict(), self.scheduler.state_dict()
+        paths = []
+        for i, run in enumerate(self.runs):
+            spec = dataclasses.replace(self.data.spec, step=self.step)
+            state = {
+                "step": self.step,
+                "optimizer": seed_optimizer_state(optimizer, i),
+                "scheduler": scheduler,
+                **rng_state(run.sampler, self.device),
+                "world_size": 1,
+                "other_ranks": [],
+                "stacked_seeds": self.seeds,
+            }
+            weights = seed_state_dict(self.stacked, i)
+            paths.append(save_checkpoint(run.run_dir, self.step, spec, weights, state, self.config.keep_checkpoints + 1))
+        for run in self.runs:
+            _prune(run.run_dir, self.config.keep_checkpoints)
+        return paths
+
+    def evaluate(self, index: int) -> list[EvalResult]:
+        """Seed ``index``'s current weights evaluated in a plain model, logged to its run."""
+        run = self.runs[index]
+        self.single.load_state_dict(seed_state_dict(self.stacked, index))
+        spec = dataclasses.replace(self.data.spec, step=self.step)
+        return evaluate_and_log(self.single, spec, self.device, run.config, self.data, run.logger, self.step)
+
+    def diverged(self, error: Diverged, batch: Batch) -> DtrlError:
+        """The error for a step where some seed's loss or gradient norm was not finite."""
+        bad = [i for i, (loss, norm) in enumerate(zip(error.loss, error.grad_norm))
+               if not (math.isfinite(loss) and math.isfinite(norm))]
+        i = bad[0]
+        return DtrlError(
+            f"training diverged at step {self.step + 1} for seed {', '.join(str(self.seeds[j]) for j in bad)}: "
+            f"loss={error.loss[i]}, grad_norm={error.grad_norm[i]}; batch of seed {self.seeds[i]}: "
+            f"{batch_statistics(seed_batch(batch, i))}; {last_good_checkpoint(self.runs[i].run_dir)}: "
+            "lower learning_rate or check the data"
+        )
+
+
+def _check_supported(config: TrainConfig) -> None:
+    if distributed.from_env().enabled:
+        raise DtrlError("stacked seeds train in one process: start dtrl train --seeds without torchrun")
+    if config.model.activation_checkpointing:
+        raise DtrlError(
+            "model.activation_checkpointing does not work inside torch.func.vmap: "
+            "set it to false for stacked seeds, or train the seeds one by one"
+        )
+    if config.compile:
+        log.warning("compile=true is not used for stacked seeds: the vmapped step runs eagerly")
+    if config.wandb:
+        log.warning("wandb=true is not used for stacked seeds: each seed logs to its metrics.jsonl and TensorBoard")
+
+
+def train_stacked(
+    config: TrainConfig,
+    seeds: Sequence[int],
+    resume: bool = False,
+    overrides: dict[str, Any] | None = None,
+    on_step: Callable[[int, float | None], None] | None = None,
+) -> list[TrainResult]:
+    """Train ``config`` once per seed, all seeds stacked in this process; one result per seed.
+
+    Seed S's run lands in ``config.out_dir/seed_S`` (:func:`seed_run_dir`).
+    ``on_step(step, mean loss over seeds)`` drives progress displays.
+    """
+    run = StackedRun(config, check_seeds(seeds), resume, overrides)
+    config = run.config
+    results = [TrainResult(r.run_dir, r.run_dir) for r in run.runs]
+    for r in run.runs:
+        r.logger = MetricsLogger(r.run_dir, start_step=run.step)
+    tick = time.perf_counter()
+    try:
+        while run.step < config.steps:
+            batch = stack_batches([r.sampler.sample(config.batch_size) for r in run.runs])
+            try:
+                losses, norms = stacked_train_step(run.stacked, run.optimizer, run.scheduler, batch, config)
+            except Diverged as e:
+                raise run.diverged(e, batch) from None
+            run.step += 1
+            for r, loss in zip(run.runs, losses):
+                r.window.append(loss)
+            if run.step % config.log_every == 0 or run.step == config.steps:
+                now = time.perf_counter()
+                _log_training(run, results, norms, now - tick)
+                tick = now
+            if on_step:
+                on_step(run.step, float(np.mean(losses)))
+            if run.step % config.checkpoint_every == 0 or run.step == config.steps:
+                for result, path in zip(results, run.checkpoint()):
+                    result.checkpoint = path
+            if run.data.env_id and config.eval_every and run.step % config.eval_every == 0 and run.step != config.steps:
+                for i in range(len(run.runs)):
+                    run.evaluate(i)
+        if results[0].checkpoint == results[0].run_dir:  # resumed a finished stack: nothing new was written
+            existing = [r.run_dir / CHECKPOINT_DIR / f"step_{run.step:08d}" for r in run.runs]
+            for result, path in zip(results, existing if all(p.is_dir() for p in existing) else run.checkpoint()):
+                result.checkpoint = path
+        if run.data.env_id and config.eval_episodes:
+            for i, result in enumerate(results):
+                result.eval_results = run.evaluate(i)
+                write_eval_report(result.run_dir, result.eval_results)
+    except DiskError as e:
+        raise DiskError(
+            e.path, e.reason,
+            f"training stopped at step {run.step}; continue the stack with --resume once disk space or "
+            "permissions are fixed (it restarts from the newest step every seed has a checkpoint of)",
+        ) from None
+    finally:
+        for r in run.runs:
+            if r.logger is not None:
+                r.logger.close()
+    return results
+
+
+def _log_training(run: StackedRun, results: list[TrainResult], norms: torch.Tensor, seconds: float) -> None:
+    """Each seed's training metrics of the last interval, in its own run; steps/s is the stack's."""
+    norms_list = norms.tolist()
+    temperatures = run.stacked.log_temperature.exp().tolist() if run.data.model_config.stochastic_policy else None
+    for i, (r, result) in enumerate(zip(run.runs, results)):
+        mean_loss = float(np.mean(r.window))
+        metrics = {
+            "train/loss": mean_loss,
+            "train/learning_rate": run.scheduler.get_last_lr()[0],
+            "train/grad_norm": norms_list[i],
+            "train/steps_per_second": len(r.window) / seconds,
+        }
+        if temperatures is not None:
+            metrics["train/temperature"] = temperatures[i]
+        r.logger.log(run.step, metrics)
+        result.losses.append((run.step, mean_loss))
+        r.window = []
