@@ -20,7 +20,6 @@ action on the same evaluation seeds; rollouts use seeds drawn away from those.
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections import deque
 from dataclasses import asdict, dataclass, field
@@ -39,10 +38,10 @@ from dtrl.data.sampler import Normalizer, SegmentSampler
 from dtrl.errors import DtrlError
 from dtrl.evaluate import EpisodeRecorder, EvalResult, evaluate, rollout
 from dtrl.models import DecisionTransformer
-from dtrl.models.gaussian import network_parameters, temperature
+from dtrl.models.gaussian import stochastic_action_loss, temperature
 from dtrl.policy import DecisionTransformerPolicy, pick_device
 from dtrl.tracking import write_run_info
-from dtrl.train import MetricsLogger, action_loss, build_optimizer
+from dtrl.train import Diverged, MetricsLogger, build_optimizer, train_step
 
 FINETUNE_CONFIG_FILE = "finetune.yaml"
 REPORT_FILE = "finetune.json"
@@ -162,9 +161,10 @@ def finetune(
     obs_space, act_space = space_from_dict(spec.observation_space), space_from_dict(spec.action_space)
     buffer = TrajectoryBuffer(config.buffer_size, list(offline_data))
     train_config = TrainConfig(
-        learning_rate=config.learning_rate, weight_decay=config.weight_decay, warmup_steps=0, batch_size=config.batch_size
+        learning_rate=config.learning_rate, weight_decay=config.weight_decay, warmup_steps=0,
+        batch_size=config.batch_size, grad_clip=config.grad_clip,
     )
-    optimizer, _ = build_optimizer(model, train_config)
+    optimizer, scheduler = build_optimizer(model, train_config)  # no warm-up: a constant learning rate
     generator = torch.Generator(device=device).manual_seed(config.seed)
     seeds = ROLLOUT_SEED_BASE + config.seed * 100_000 + np.arange(config.steps)  # never more episodes than steps
     logger = MetricsLogger(out_dir)
@@ -189,15 +189,15 @@ def finetune(
                 sampler.load_state_dict(sampler_state)
             model.train()
             tick, losses = time.perf_counter(), []
-            for _ in range(config.updates_per_iteration):
-                loss = action_loss(model, sampler.sample(config.batch_size))
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(network_parameters(model), config.grad_clip or math.inf)
-                optimizer.step()
-                losses.append(loss.item())
-            if not all(map(math.isfinite, losses)):
-                raise DtrlError(f"fine-tuning diverged after {env_steps} environment steps: lower --learning-rate")
+            try:  # ODT's loss, NLL − α·entropy + the temperature's: one backward pass and optimizer step train both
+                for _ in range(config.updates_per_iteration):
+                    batch = sampler.sample(config.batch_size)
+                    loss, _ = train_step(model, optimizer, scheduler, batch, train_config, loss_fn=stochastic_action_loss)
+                    losses.append(loss)
+            except Diverged:  # raised before the optimizer step: the weights are still the last finite ones
+                raise DtrlError(
+                    f"fine-tuning diverged after {env_steps} environment steps: lower --learning-rate"
+                ) from None
             updates += config.updates_per_iteration
             sampler_state = sampler.state_dict()
             metrics = {
