@@ -127,3 +127,17 @@ def test_video_without_a_renderer_is_one_clear_line(inverted_pendulum_policy: Pa
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]  # GLFW warns on stderr too
     assert proc.returncode == 2 and len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert errors[0].startswith("error: cannot render InvertedPendulum-v5 off-screen") and "MUJOCO_GL=egl" in errors[0]
+
+
+def test_halfcheetah_makes_no_mujoco_deprecation_noise(capfd: pytest.CaptureFixture[str]) -> None:
+    """gymnasium's HalfCheetah XML triggers a MuJoCo deprecation line per env; dtrl drops only that line."""
+    import mujoco
+
+    from dtrl.envs import check_env_id, make_vector_env
+
+    check_env_id("HalfCheetah-v5")
+    make_vector_env("HalfCheetah-v5", 2).close()
+    mujoco.get_mju_user_warning()("some other MuJoCo warning")
+    err = capfd.readouterr().err
+    assert "settotalmass" not in err
+    assert "WARNING: some other MuJoCo warning" in err

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import sys
 from typing import Any
 
 import gymnasium as gym
@@ -21,17 +23,37 @@ D4RL_REF_SCORES: dict[str, tuple[float, float]] = {
 }
 
 
+# MuJoCo warnings that gymnasium's own model files trigger on every env creation (HalfCheetah's XML
+# sets `settotalmass`, deprecated since MuJoCo 3.3): one line per parallel env, nothing a user can fix.
+MUJOCO_NOISE = ("compiler attribute 'settotalmass' is deprecated",)
+
+
+@functools.cache
+def quiet_mujoco_warnings() -> None:
+    """Drop :data:`MUJOCO_NOISE` from MuJoCo's warnings; every other warning still goes to stderr."""
+
+    def warn(message: str) -> None:
+        if not message.startswith(MUJOCO_NOISE):
+            print(f"WARNING: {message}", file=sys.stderr)
+
+    import mujoco
+
+    mujoco.set_mju_user_warning(warn)
+
+
 def check_env_id(env_id: str) -> None:
     """Fail early, in one line, on an id gymnasium does not know."""
     if is_atari(env_id):
         atari.make_env(env_id).close()  # registers the ALE games, or says what is missing
         return
     try:
-        gym.spec(env_id)
+        spec = gym.spec(env_id)
     except gym.error.Error as e:
         known = sorted(k for k in gym.registry if k.split("-")[0].lower() in env_id.lower())[:5]
         hint = f" (similar: {', '.join(known)})" if known else "; `python -c \"import gymnasium; gymnasium.pprint_registry()\"` lists them"
         raise DtrlError(f"unknown environment id {env_id!r}: {str(e).splitlines()[0]}{hint}") from None
+    if "mujoco" in str(spec.entry_point):
+        quiet_mujoco_warnings()
 
 
 def make_vector_env(env_id: str, num_envs: int, max_episode_steps: int | None = None) -> gym.vector.VectorEnv:
