@@ -35,7 +35,12 @@ Every finished (method, dataset, seed, budget, steps[, online steps]) cell is on
 ``odt``) appended atomically to ``results/gym.csv``; a rerun skips finished cells, so a killed run
 continues where it stopped (a cell cut short restarts from its beginning). A CSV written before the
 ``online_steps`` column existed is rewritten with it (empty) on the next run. ``--shard I/N`` runs every N-th cell, so N
-processes can share one GPU. ``--report`` writes ``results/gym.md`` and the PNGs from the CSV.
+processes can share one GPU. ``--stack-seeds`` trains the missing seeds of each DT-family (method, dataset) together
+in one process (``dtrl.stacked.train_stacked``: one run directory per seed, the same chunks, evaluations and rows as
+separate runs; ``train_eval_s`` is the stack's time divided by its seeds; ``--shard`` then deals out whole stacks; the
+runs log names the stacked methods). With dropout 0 a stacked seed equals a separate run up to float rounding; with
+dropout (the default 0.1) its masks come from a stream shared by the stack, so it is an equally valid sample, not a
+copy. ``--report`` writes ``results/gym.md`` and the PNGs from the CSV.
 (Not ``benchmarks/gym.py``: that name would shadow the ``gym`` package d3rlpy imports.)
 """
 
@@ -51,7 +56,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -66,9 +71,12 @@ from dtrl.data.episodes import EpisodeDataset, append_line, atomic_write  # noqa
 from dtrl.errors import DtrlError  # noqa: E402
 from dtrl.evaluate import EvalResult, evaluate  # noqa: E402
 from dtrl.finetune import finetune  # noqa: E402
+from dtrl.stacked import train_stacked  # noqa: E402
 from dtrl.train import open_dataset, train  # noqa: E402
 
 METHODS = ("dt", "bc", "pbc", "cql", "iql", "dc", "odt")
+DT_FAMILY = ("dt", "bc", "pbc", "dc", "odt")
+"""The methods dtrl trains (CQL and IQL are d3rlpy's): the ones ``--stack-seeds`` stacks."""
 ODT_ONLINE = "odt-online"
 """The row an ``odt`` cell adds for the fine-tuned policy (a stage, not a method to ask for)."""
 STAGES = (*METHODS, ODT_ONLINE)
@@ -159,31 +167,42 @@ def _curve_text(curve: list[tuple[int, EvalResult]]) -> str:
 
 
 def run_dt_family(
-    method: str, name: str, dataset: EpisodeDataset, seed: int, budget: Budget, steps: int, run_dir: Path,
-    device: str, threads: int, pbc_fraction: float,
-) -> tuple[list[tuple[int, EvalResult]], str, float]:  # fmt: skip
-    """Train in ``eval_points`` chunks (bit-exact resumes), evaluating the policy after each one."""
+    method: str, name: str, dataset: EpisodeDataset, seeds: list[int], budget: Budget, steps: int, target: float,
+    run_dir: Path, device: str, threads: int, pbc_fraction: float, stacked: bool = False,
+) -> dict[int, tuple[list[tuple[int, EvalResult]], str, Path]]:  # fmt: skip
+    """Train in ``eval_points`` chunks (bit-exact resumes), evaluating each seed's policy at ``target`` after
+    each one: per seed its curve, DT's calibration sweep and its run directory. One seed trains in ``run_dir``;
+    ``stacked``, all ``seeds`` train together in one process (``dtrl.stacked``), seed S in ``run_dir/seed_S``."""
+    if len(seeds) != 1 and not stacked:
+        raise ValueError(f"seeds {seeds}: several seeds train only stacked")
     chunk = steps // budget.eval_points
-    target = float(dataset.episode_returns.max())
     config = load_config(
         None,
         [
-            f"dataset={name}", f"out_dir={run_dir}", f"seed={seed}", f"steps={chunk}", f"device={device}",
+            f"dataset={name}", f"out_dir={run_dir}", f"seed={seeds[0]}", f"steps={chunk}", f"device={device}",
             f"num_threads={threads}", "eval_episodes=1", f"checkpoint_every={chunk}", f"log_every={min(100, chunk)}",
             *dt_overrides(method, budget, steps, pbc_fraction),
         ],
     )  # fmt: skip
-    curve = []
+    curves: dict[int, list[tuple[int, EvalResult]]] = {seed: [] for seed in seeds}
     for k in range(1, budget.eval_points + 1):
-        result = train(config, resume=k > 1, overrides={"steps": k * chunk})
-        policy = dtrl.load(result.checkpoint, device=device)
-        env_id = policy.spec.env_id or dataset.env_id
-        curve.append((k * chunk, evaluate(policy, env_id, [target], budget.episodes, seed=EVAL_SEED)[0]))
-    calibration = ""
-    if method == "dt":
-        report = calibrate(policy, env_id, dataset, budget.calibration_points, budget.calibration_episodes, EVAL_SEED)
-        calibration = " ".join(f"{r['target_return']:.1f}:{r['return_mean']:.1f}:{r['return_std']:.1f}" for r in report["results"])
-    return curve, calibration, target
+        overrides = {"steps": k * chunk}
+        if stacked:
+            results = train_stacked(config, seeds, resume=k > 1, overrides=overrides)
+        else:
+            results = [train(config, resume=k > 1, overrides=overrides)]
+        policies = {seed: dtrl.load(result.checkpoint, device=device) for seed, result in zip(seeds, results)}
+        for seed, policy in policies.items():
+            env_id = policy.spec.env_id or dataset.env_id
+            curves[seed].append((k * chunk, evaluate(policy, env_id, [target], budget.episodes, seed=EVAL_SEED)[0]))
+    out = {}
+    for seed, result in zip(seeds, results):
+        calibration = ""
+        if method == "dt":
+            report = calibrate(policies[seed], env_id, dataset, budget.calibration_points, budget.calibration_episodes, EVAL_SEED)
+            calibration = " ".join(f"{r['target_return']:.1f}:{r['return_mean']:.1f}:{r['return_std']:.1f}" for r in report["results"])
+        out[seed] = (curves[seed], calibration, Path(result.run_dir))
+    return out
 
 
 def run_online(
@@ -203,35 +222,27 @@ def run_online(
     return [(0, result.offline[0]), (result.env_steps, result.online[0])], time.perf_counter() - tick
 
 
-def run_cell(
-    method: str, name: str, seed: int, budget_name: str, steps: int, work: Path, device: str, threads: int,
-    pbc_fraction: float, online_steps: int = 0,
-) -> list[dict[str, Any]]:  # fmt: skip
-    """Train and evaluate one (method, dataset, seed): its CSV row, or for ``odt`` the offline and online rows."""
+def run_cells(
+    method: str, name: str, seeds: list[int], budget_name: str, steps: int, work: Path, device: str, threads: int,
+    pbc_fraction: float, online_steps: int = 0, stacked: bool = False,
+) -> Iterator[list[dict[str, Any]]]:  # fmt: skip
+    """Train and evaluate (method, dataset) for ``seeds``, yielding each seed's CSV row (``odt``: its offline and
+    online rows) as soon as it is done. One seed, unless ``stacked``: the DT family's seeds then train together
+    in one process (``dtrl.stacked``); each seed's row is the one a separate run writes, its ``train_eval_s``
+    the stack's training and evaluation time divided by its seeds."""
     budget = BUDGETS[budget_name]
     if steps % budget.eval_points:
         raise DtrlError(f"--steps {steps} must be a multiple of the {budget.eval_points} evaluation points")
+    if stacked and method not in DT_FAMILY:
+        raise ValueError(f"{method} is not trained by dtrl: only {', '.join(DT_FAMILY)} stack seeds")
     dataset = open_dataset(name)
     env_id = dataset.env_id
     if not env_id:
         raise DtrlError(f"dataset {name!r} records no env id: the benchmark evaluates in its environment")
-    tick = time.perf_counter()
-    calibration, target = "", float("nan")
-    if method in ("cql", "iql"):
-        from d3rlpy_adapter import train_and_evaluate
-
-        curve = train_and_evaluate(
-            method, dataset, env_id, steps, budget.eval_points, budget.episodes, EVAL_SEED, seed, device
-        )
-    else:
-        run_dir = work / f"{method}-{Path(name).stem}-s{seed}-{budget_name}-{steps}"
-        shutil.rmtree(run_dir, ignore_errors=True)  # a cell cut short restarts from its beginning
-        curve, calibration, target = run_dt_family(
-            method, name, dataset, seed, budget, steps, run_dir, device, threads, pbc_fraction
-        )
     online = (online_steps or budget.online_steps) if method == "odt" else 0
 
-    def row(stage: str, curve: list[tuple[int, EvalResult]], seconds: float, calibration: str = "") -> dict[str, Any]:
+    def row(stage: str, seed: int, curve: list[tuple[int, EvalResult]], seconds: float, target: float,
+            calibration: str = "") -> dict[str, Any]:  # fmt: skip
         final = curve[-1][1]
         score = _score(final)
         return {
@@ -243,12 +254,31 @@ def run_cell(
             "online_steps": online or "", "device": device,
         }  # fmt: skip
 
-    rows = [row(method, curve, time.perf_counter() - tick, calibration)]
-    if method == "odt":
-        online_dir = run_dir.with_name(f"{run_dir.name}-online-{online}")
-        online_curve, seconds = run_online(run_dir, dataset, seed, budget, online, target, online_dir, device)
-        rows.append(row(ODT_ONLINE, online_curve, seconds))
-    return rows
+    tick = time.perf_counter()
+    if method in ("cql", "iql"):
+        from d3rlpy_adapter import train_and_evaluate
+
+        (seed,) = seeds
+        curve = train_and_evaluate(
+            method, dataset, env_id, steps, budget.eval_points, budget.episodes, EVAL_SEED, seed, device
+        )
+        yield [row(method, seed, curve, time.perf_counter() - tick, float("nan"))]
+        return
+    tag = "_".join(map(str, seeds))
+    run_dir = work / f"{method}-{Path(name).stem}-s{tag}-{budget_name}-{steps}{'-stacked' if stacked else ''}"
+    shutil.rmtree(run_dir, ignore_errors=True)  # a cell cut short restarts from its beginning
+    target = float(dataset.episode_returns.max())  # the DT family's: the best return in the data
+    trained = run_dt_family(
+        method, name, dataset, seeds, budget, steps, target, run_dir, device, threads, pbc_fraction, stacked
+    )
+    seconds = (time.perf_counter() - tick) / len(seeds)
+    for seed, (curve, calibration, seed_dir) in trained.items():
+        rows = [row(method, seed, curve, seconds, target, calibration)]
+        if method == "odt":
+            online_dir = seed_dir.with_name(f"{seed_dir.name}-online-{online}")
+            online_curve, online_seconds = run_online(seed_dir, dataset, seed, budget, online, target, online_dir, device)
+            rows.append(row(ODT_ONLINE, seed, online_curve, online_seconds, target))
+        yield rows
 
 
 def read_rows(path: Path) -> list[dict[str, str]]:
@@ -299,29 +329,42 @@ def run(args: argparse.Namespace) -> None:
     csv_path = args.out / CSV_FILE
     upgrade_csv(csv_path)
     done = {cell_key(r) for r in read_rows(csv_path)}
-    cells = [(d, s, m) for m in args.methods for d in args.datasets for s in args.seeds]
+    stacks = [m for m in args.methods if m in DT_FAMILY] if args.stack_seeds else []
+    # what one process trains: a cell, or with --stack-seeds all seeds of a DT-family (method, dataset)
+    groups = [
+        (m, d, seeds) for m in args.methods for d in args.datasets
+        for seeds in ([args.seeds] if m in stacks else [[s] for s in args.seeds])
+    ]  # fmt: skip
     index, count = args.shard
-    mine = [c for i, c in enumerate(cells) if i % count == index]
+    mine = groups[index::count]
     args.out.mkdir(parents=True, exist_ok=True)
     context = environment()
     context["versions"].update({name: _version(name) for name in ("gymnasium", "mujoco", "d3rlpy")})
-    record = {**context, "budget": args.budget, "steps": steps, "cells": len(mine)}
+    record = {**context, "budget": args.budget, "steps": steps, "cells": sum(len(g[2]) for g in mine)}
+    if stacks:
+        record["stacked"] = stacks  # these methods' seeds trained together (dtrl.stacked)
     if "odt" in args.methods:
         record["online_steps"] = online
     append_line(args.out / RUNS_LOG, json.dumps(record))
     labels = {name: open_dataset(name).name for name in args.datasets}  # the name rows record
-    for name, seed, method in mine:
+    for method, name, seeds in mine:
         label = labels[name]
         stage, online_key = (ODT_ONLINE, online) if method == "odt" else (method, 0)  # odt: done once fine-tuned
-        if (stage, label, seed, args.budget, steps, online_key) in done:
-            print(f"skip {method} {label} seed {seed} (done)", flush=True)
+        todo = []
+        for seed in seeds:
+            if (stage, label, seed, args.budget, steps, online_key) in done:
+                print(f"skip {method} {label} seed {seed} (done)", flush=True)
+            else:
+                todo.append(seed)
+        if not todo:
             continue
-        rows = run_cell(
-            method, name, seed, args.budget, steps, args.work, args.device, args.threads, args.pbc_fraction, online
-        )
-        append_rows(csv_path, rows)
-        for row in rows:
-            print(f"{row['method']} {label} seed {seed}: score {row['score_mean']} ({row['train_eval_s']} s)", flush=True)
+        for rows in run_cells(
+            method, name, todo, args.budget, steps, args.work, args.device, args.threads, args.pbc_fraction, online,
+            stacked=method in stacks,
+        ):  # fmt: skip
+            append_rows(csv_path, rows)
+            for row in rows:
+                print(f"{row['method']} {label} seed {row['seed']}: score {row['score_mean']} ({row['train_eval_s']} s)", flush=True)
 
 
 def _version(package: str) -> str:
@@ -664,7 +707,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--online-steps", type=int, default=0,
         help="Online DT's online budget in environment steps (default: the budget's, cpu-reduced 5000, full 200000)",
     )  # fmt: skip
-    p.add_argument("--shard", type=_shard, default=(0, 1), help="I/N: run every N-th cell, from the I-th")
+    p.add_argument("--shard", type=_shard, default=(0, 1), help="I/N: run every N-th cell (stack), from the I-th")
+    p.add_argument(
+        "--stack-seeds", action="store_true",
+        help="train the missing seeds of each DT-family (method, dataset) together in one process (dtrl.stacked)",
+    )  # fmt: skip
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default)")
     p.add_argument("--out", type=Path, default=RESULTS, help="where gym.csv, gym.md and the PNGs go")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -168,3 +169,33 @@ def test_report_reads_and_upgrade_keeps_a_csv_written_before_the_variants(tmp_pa
     bench.upgrade_csv(csv_path)
     assert csv_path.read_text().splitlines()[0] == ",".join(bench.COLUMNS)
     assert bench.read_rows(csv_path) == [{**row, "online_steps": ""}]
+
+
+def test_stack_seeds_trains_the_missing_seeds_together_with_the_rows_of_separate_runs(
+    reach_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    bench = _bench()
+    monkeypatch.setitem(bench.BUDGETS, "cpu-reduced", bench.Budget(8, 2, 2, 3, 1, small_dt=True))
+    dt_overrides = bench.dt_overrides  # dropout 0: a stacked seed then equals its separate run up to float rounding
+    monkeypatch.setattr(bench, "dt_overrides", lambda *a: [*dt_overrides(*a), "model.dropout=0"])
+    plain, stacked = tmp_path / "plain", tmp_path / "stacked"
+    _run(bench, reach_path, plain, "dt", "--seeds", "0,1")
+    separate = {r["seed"]: r for r in bench.read_rows(plain / bench.CSV_FILE)}
+    bench.append_rows(stacked / bench.CSV_FILE, [separate["0"]])  # seed 0 is done: only 1 and 2 are stacked
+    capsys.readouterr()
+    _run(bench, reach_path, stacked, "dt", "--seeds", "0,1,2", "--stack-seeds")
+    assert "skip dt reach-tiny seed 0 (done)" in capsys.readouterr().out
+    rows = bench.read_rows(stacked / bench.CSV_FILE)
+    assert [(r["method"], r["seed"], r["steps"]) for r in rows] == [("dt", s, "8") for s in "012"]
+    group = stacked / "runs" / "dt-reach-tiny-s1_2-cpu-reduced-8-stacked"
+    assert sorted(p.name for p in group.iterdir()) == ["seed_1", "seed_2"]  # ordinary run dirs, one per seed
+    assert json.loads((stacked / bench.RUNS_LOG).read_text().splitlines()[-1])["stacked"] == ["dt"]
+    ours, theirs = rows[1], separate["1"]
+    assert [p[0] for p in bench._pairs(ours["curve"])] == [4.0, 8.0]
+    assert len(bench._pairs(ours["calibration"])) == 3
+    for column in ("target_return", "eval_seed", "episodes", "dataset_best_return", "online_steps"):
+        assert ours[column] == theirs[column]
+    for column in ("return_mean", "return_std", "score_mean"):
+        assert float(ours[column]) == pytest.approx(float(theirs[column]), abs=0.02)
+    for column in ("curve", "calibration"):
+        np.testing.assert_allclose(bench._pairs(ours[column]), bench._pairs(theirs[column]), atol=0.11)
