@@ -393,13 +393,8 @@ def _cell(values: np.ndarray | None) -> str:
 
 def plot_curves(rows: list[dict[str, str]], datasets: list[str], methods: list[str], out: Path) -> Path:
     """Normalised score vs gradient steps: mean ± std over seeds, one panel per dataset."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(datasets), figsize=(5 * len(datasets), 4), squeeze=False)
-    for ax, name in zip(axes[0], datasets):
+    fig, axes = _panels(len(datasets), 4)
+    for ax, name in zip(axes, datasets):
         for method in methods:
             curves = [np.array(_pairs(r["curve"])) for r in rows if r["dataset"] == name and r["method"] == method]
             if not curves:
@@ -420,16 +415,11 @@ def plot_curves(rows: list[dict[str, str]], datasets: list[str], methods: list[s
 
 def plot_calibration(rows: list[dict[str, str]], datasets: list[str], out: Path) -> Path | None:
     """DT's achieved return against its target (mean ± std over seeds), y = x and the dataset's best return."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     names = [d for d in datasets if any(r["dataset"] == d and r["calibration"] for r in rows)]
     if not names:
         return None
-    fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 4.5), squeeze=False)
-    for ax, name in zip(axes[0], names):
+    fig, axes = _panels(len(names), 4.5)
+    for ax, name in zip(axes, names):
         sweeps = [(np.array(_pairs(r["calibration"])), float(r["dataset_best_return"])) for r in rows if r["dataset"] == name and r["calibration"]]
         targets = sweeps[0][0][:, 0]
         achieved = np.stack([s[:, 1] for s, _ in sweeps])
@@ -446,6 +436,22 @@ def plot_calibration(rows: list[dict[str, str]], datasets: list[str], out: Path)
         ax.legend(fontsize=7)
     fig.tight_layout()
     return _save(fig, out / CALIBRATION_PNG)
+
+
+def _panels(count: int, height: float, columns: int = 3) -> tuple[Any, list[Any]]:
+    """One panel per dataset, ``columns`` to a row (an env's three datasets side by side); unused ones hidden."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = -(-count // columns)
+    cols = min(count, columns)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.5 * cols, height * rows), squeeze=False)
+    flat = list(axes.flat)
+    for ax in flat[count:]:
+        ax.set_visible(False)
+    return fig, flat[:count]
 
 
 def _save(fig: Any, path: Path) -> Path:
