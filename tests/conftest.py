@@ -9,8 +9,11 @@ import numpy as np
 import pytest
 import torch
 
+from dtrl.checkpoint import PolicySpec
 from dtrl.config import ModelConfig
 from dtrl.data import Episode, EpisodeDataset
+from dtrl.data.episodes import space_to_dict
+from dtrl.data.sampler import Normalizer
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -68,6 +71,15 @@ def pendulum_path(pendulum_dataset: EpisodeDataset, tmp_path_factory: pytest.Tem
 @pytest.fixture
 def tiny_model_config() -> ModelConfig:
     return ModelConfig(observation_dim=3, action_dim=1, context_length=5, n_layer=2, n_head=2, n_embd=16, dropout=0.0)
+
+
+def pendulum_spec(cfg: ModelConfig) -> PolicySpec:
+    """A policy spec for Pendulum-v1 with fixed, non-trivial normalisation: policies built without training."""
+    env = gym.make("Pendulum-v1")
+    norm = Normalizer(np.array([0.1, -0.2, 0.3], np.float32), np.array([0.5, 2.0, 4.0], np.float32),
+                      np.array([-2.0], np.float32), np.array([2.0], np.float32))
+    return PolicySpec(cfg, 100.0, norm.to_dict(), space_to_dict(env.observation_space),
+                      space_to_dict(env.action_space), "Pendulum-v1")
 
 
 def tiny_overrides(data: Path, out: Path, steps: int = 40) -> list[str]:

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 
-import gymnasium as gym
 import numpy as np
 import pytest
 import torch
 
-from dtrl.checkpoint import PolicySpec
+from conftest import pendulum_spec
 from dtrl.config import ModelConfig
-from dtrl.data.episodes import space_to_dict
-from dtrl.data.sampler import Normalizer
 from dtrl.models import DecisionTransformer
 from dtrl.models.decision_transformer import DecodingCache
 from dtrl.models.fast_decode import FastDecodingCache
@@ -96,20 +93,12 @@ def test_which_cache_a_model_gets(tiny_model_config: ModelConfig):
     assert isinstance(model.new_cache(1), DecodingCache)
 
 
-def _spec(cfg: ModelConfig) -> PolicySpec:
-    env = gym.make("Pendulum-v1")
-    norm = Normalizer(np.array([0.1, -0.2, 0.3], np.float32), np.array([0.5, 2.0, 4.0], np.float32),
-                      np.array([-2.0], np.float32), np.array([2.0], np.float32))
-    return PolicySpec(cfg, 100.0, norm.to_dict(), space_to_dict(env.observation_space),
-                      space_to_dict(env.action_space), "Pendulum-v1")
-
-
 @pytest.mark.parametrize("batched", [True, False])
 def test_fast_policy_acts_like_the_module_cache_policy(tiny_model_config: ModelConfig, monkeypatch, batched):
     """``DecisionTransformerPolicy(kv_cache=True)`` uses the fast cache; its actions over a whole episode
     equal those of the same policy on the module-by-module cache."""
     cfg = dataclasses.replace(tiny_model_config, n_layer=3)
-    policy = DecisionTransformerPolicy(_model(cfg), _spec(cfg), kv_cache=True)
+    policy = DecisionTransformerPolicy(_model(cfg), pendulum_spec(cfg), kv_cache=True)
     rng = np.random.default_rng(5)
     n = 2 if batched else 1
     obs, rewards = rng.normal(size=(STEPS, n, 3)).astype(np.float32), rng.normal(size=(STEPS, n))

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import pendulum_spec
 from dtrl.checkpoint import PolicySpec
 from dtrl.config import ModelConfig, TrainConfig
 from dtrl.data.episodes import space_to_dict
@@ -20,14 +21,6 @@ from dtrl.train import CompiledForward, build_optimizer, train_step
 STEPS = 17  # past the context length (5) more than three times over
 
 
-def _spec(cfg: ModelConfig) -> PolicySpec:
-    env = gym.make("Pendulum-v1")
-    norm = Normalizer(np.array([0.1, -0.2, 0.3], np.float32), np.array([0.5, 2.0, 4.0], np.float32),
-                      np.array([-2.0], np.float32), np.array([2.0], np.float32))
-    return PolicySpec(cfg, 100.0, norm.to_dict(), space_to_dict(env.observation_space),
-                      space_to_dict(env.action_space), "Pendulum-v1")
-
-
 def _rollout(policy: DecisionTransformerPolicy, obs: np.ndarray, rewards: np.ndarray) -> np.ndarray:
     """Actions for a fixed stream of observations (T, B, 3) and rewards (T, B)."""
     policy.reset(np.array([-300.0, -50.0]), num_envs=obs.shape[1])
@@ -37,7 +30,7 @@ def _rollout(policy: DecisionTransformerPolicy, obs: np.ndarray, rewards: np.nda
 def _pair(cfg: ModelConfig) -> tuple[DecisionTransformerPolicy, DecisionTransformerPolicy]:
     torch.manual_seed(0)
     model = DecisionTransformer(cfg)
-    spec = _spec(cfg)
+    spec = pendulum_spec(cfg)
     return DecisionTransformerPolicy(model, spec, kv_cache=True), DecisionTransformerPolicy(model, spec)
 
 

@@ -189,13 +189,18 @@ def test_buffer_keeps_best_offline_then_is_fifo():
     assert len(buffer) == 3 and list(buffer.episodes)[-2:] == new
 
 
-def test_policy_samples_the_gaussian_when_asked_and_rollouts_record_episodes():
+def stochastic_reach_policy() -> tuple[EpisodeDataset, Normalizer, PolicySpec, DecisionTransformer]:
+    """An untrained Online DT (Gaussian head) for the Reach env, with the dataset it is normalised on."""
     torch.manual_seed(0)
     data = reach_dataset(episodes=4)
     cfg = ModelConfig(observation_dim=1, action_dim=1, context_length=4, n_layer=1, n_embd=16, stochastic_policy=True)
     normalizer = Normalizer.from_dataset(data)
     spec = PolicySpec(cfg, 10.0, normalizer.to_dict(), space_to_dict(data.observation_space), space_to_dict(data.action_space), REACH)
-    model = DecisionTransformer(cfg)
+    return data, normalizer, spec, DecisionTransformer(cfg)
+
+
+def test_policy_samples_the_gaussian_when_asked_and_rollouts_record_episodes():
+    _, _, spec, model = stochastic_reach_policy()
     obs = np.zeros((16, 1), np.float32)
 
     def first_actions(policy: DecisionTransformerPolicy, seed: int | None) -> np.ndarray:
@@ -233,12 +238,7 @@ def spec_fields(spec: PolicySpec) -> tuple:
 
 
 def test_rollouts_are_relabelled_with_the_returns_they_achieved():
-    torch.manual_seed(0)
-    data = reach_dataset(episodes=4)
-    cfg = ModelConfig(observation_dim=1, action_dim=1, context_length=4, n_layer=1, n_embd=16, stochastic_policy=True)
-    normalizer = Normalizer.from_dataset(data)
-    spec = PolicySpec(cfg, 10.0, normalizer.to_dict(), space_to_dict(data.observation_space), space_to_dict(data.action_space), REACH)
-    model = DecisionTransformer(cfg)
+    data, normalizer, spec, model = stochastic_reach_policy()
     target = 500.0  # far above anything achievable: what the rollout was asked for, never what it got
     episodes = collect(model, spec, REACH, target, seeds=[7, 8], generator=torch.Generator().manual_seed(0))
     assert [len(e) for e in episodes] == [10, 10] and all(e.truncations[-1] for e in episodes)
