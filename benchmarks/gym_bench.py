@@ -404,11 +404,7 @@ def plot_curves(rows: list[dict[str, str]], datasets: list[str], methods: list[s
             steps, mean, std = curves[0][:length, 0], stack.mean(axis=0), stack.std(axis=0)
             ax.plot(steps, mean, marker="o", label=f"{LABELS[method]} ({len(curves)} seeds)")
             ax.fill_between(steps, mean - std, mean + std, alpha=0.2)
-        ax.set_title(name)
-        ax.set_xlabel("gradient step")
-        ax.set_ylabel("normalised score")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        _label(ax, name, "gradient step", "normalised score")
     fig.tight_layout()
     return _save(fig, out / CURVES_PNG)
 
@@ -429,11 +425,7 @@ def plot_calibration(rows: list[dict[str, str]], datasets: list[str], out: Path)
         best = sweeps[0][1]
         ax.axvline(best, color="tab:red", linestyle=":", label=f"best return in dataset ({best:.0f})")
         ax.axhline(best, color="tab:red", linestyle=":")
-        ax.set_title(name)
-        ax.set_xlabel("target return")
-        ax.set_ylabel("achieved return")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        _label(ax, name, "target return", "achieved return")
     fig.tight_layout()
     return _save(fig, out / CALIBRATION_PNG)
 
@@ -452,6 +444,15 @@ def _panels(count: int, height: float, columns: int = 3) -> tuple[Any, list[Any]
     for ax in flat[count:]:
         ax.set_visible(False)
     return fig, flat[:count]
+
+
+def _label(ax: Any, title: str, xlabel: str, ylabel: str) -> None:
+    """The finish every panel of the report shares: title, axis labels, light grid, small legend."""
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
 
 
 def _save(fig: Any, path: Path) -> Path:
