@@ -108,7 +108,7 @@ def main() -> None:
             row["argmax"] = summary(np.asarray(argmax["returns"]), np.asarray([argmax["length_mean"]]), env_id)
             # The paper's evaluation: actions sampled from the predicted distribution; decoded with the KV cache.
             policy = DecisionTransformerPolicy.load(run_dir, device="cpu", kv_cache=True)
-            policy.sample_discrete_actions(seed)
+            policy.sample_actions(seed)
             t2 = time.perf_counter()
             (res,) = evaluate(policy, env_id, [target], args.episodes, seed=seed, max_episode_steps=args.max_episode_steps)
             row["sampled"] = summary(res.returns, res.lengths, env_id) | {"wall_s": round(time.perf_counter() - t2, 1)}

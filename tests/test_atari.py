@@ -100,7 +100,7 @@ def test_policy_samples_discrete_actions_when_asked_as_the_paper_evaluates_atari
 
     def first_actions(seed: int | None) -> np.ndarray:
         if seed is not None:
-            policy.sample_discrete_actions(seed)
+            policy.sample_actions(seed)
         policy.reset(1.0, num_envs=64)
         return policy.act(obs)
 

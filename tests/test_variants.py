@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+import yaml
 from torch.distributions import Normal, TransformedDistribution
 from torch.distributions.transforms import TanhTransform
 
@@ -291,3 +293,26 @@ def test_tiny_finetuning_run_improves_the_return(tmp_path: Path):
     assert online > offline + 2.0, (offline, online)
     spec, _, _ = load_policy_files(tmp_path / "online")
     assert spec.model.stochastic_policy and (tmp_path / "online" / "finetune.json").is_file()
+
+
+def test_eval_sample_actions_samples_a_stochastic_head_and_leaves_a_deterministic_one(pendulum_path: Path, tmp_path: Path):
+    def eval_returns(name: str, *extra: str) -> list[float]:
+        train(load_config(None, [*tiny_overrides(pendulum_path, tmp_path / name, steps=10), *extra]))
+        (result,) = json.loads((tmp_path / name / "eval.json").read_text())
+        return result["returns"]
+
+    odt = "model.stochastic_policy=true"
+    assert eval_returns("mode", odt) != eval_returns("sampled", odt, "eval_sample_actions=true")
+    assert eval_returns("dt", "eval_sample_actions=false") == eval_returns("dt-sampled", "eval_sample_actions=true")
+
+
+def test_finetune_defaults_work_for_negative_returns(pendulum_path: Path, pendulum_dataset: EpisodeDataset, tmp_path: Path):
+    stochastic = tmp_path / "odt"
+    train(load_config(None, [*tiny_overrides(pendulum_path, stochastic, steps=10), "model.stochastic_policy=true"]))
+    config = FinetuneConfig(steps=200, out_dir=str(tmp_path / "online"), updates_per_iteration=2, batch_size=8,
+                            eval_episodes=1, device="cpu")
+    result = finetune(stochastic, config, pendulum_dataset)
+    best = float(pendulum_dataset.episode_returns.max())
+    assert best < 0 and result.offline[0].target_return == result.online[0].target_return == best
+    record = yaml.safe_load((tmp_path / "online" / "finetune.yaml").read_text())
+    assert record["eval_target"] == best and record["target_return"] == 0.0  # not 2 x a negative target

@@ -262,11 +262,11 @@ def finetune(
     env: Optional[str] = typer.Option(None, "--env", help="Gymnasium id (default: the env the policy was trained for)."),
     steps: int = typer.Option(_FT.steps, "--steps", min=1, help="Online budget: environment steps to collect."),
     out_dir: Path = typer.Option(Path(_FT.out_dir), "--out-dir", help="Where the fine-tuned run is written."),
-    target_return: float = typer.Option(
-        _FT.target_return, "--target-return", help="Return the rollouts are conditioned on (0: twice --eval-target)."
+    target_return: Optional[float] = typer.Option(
+        None, "--target-return", help="Return the rollouts are conditioned on (default: twice a positive --eval-target, 0 for a negative one)."
     ),
-    eval_target: float = typer.Option(
-        _FT.eval_target, "--eval-target", help="Return the evaluation is conditioned on (0: the dataset's best)."
+    eval_target: Optional[float] = typer.Option(
+        None, "--eval-target", help="Return the evaluation is conditioned on (default: the dataset's best)."
     ),
     rollouts_per_iteration: int = typer.Option(_FT.rollouts_per_iteration, "--rollouts-per-iteration", min=1),
     updates_per_iteration: int = typer.Option(

@@ -135,8 +135,8 @@ class TrainConfig:
     eval_max_episode_steps: int = 0
     """Cut evaluation episodes off after this many steps; 0: the environment's own limit (Atari: 27,000)."""
     eval_sample_actions: bool = False
-    """Discrete actions: sample them from the predicted distribution (the paper's Atari evaluation)
-    rather than take the most likely one."""
+    """Sample actions from the predicted distribution (the paper's Atari evaluation; Online DT's
+    Gaussian with model.stochastic_policy) rather than take its mode; a deterministic head acts as usual."""
     target_returns: list[float] = field(default_factory=list)
     """Targets to evaluate at; empty: the best return in the dataset."""
     wandb: bool = False
@@ -170,10 +170,11 @@ class FinetuneConfig:
     steps: int = 10_000
     """Online budget: environment steps collected in total."""
     out_dir: str = "runs/finetune"
-    target_return: float = 0.0
-    """Return the rollouts are conditioned on; 0: twice the evaluation target (ODT's choice)."""
-    eval_target: float = 0.0
-    """Return the evaluation is conditioned on; 0: the best return in the offline data."""
+    target_return: float | None = None
+    """Return the rollouts are conditioned on; None: the evaluation target plus its magnitude
+    (twice a positive target, ODT's choice; 0 for a negative one, e.g. Pendulum)."""
+    eval_target: float | None = None
+    """Return the evaluation is conditioned on; None: the best return in the offline data."""
     rollouts_per_iteration: int = 1
     """Episodes collected (in parallel) before each round of updates."""
     updates_per_iteration: int = 300
@@ -199,7 +200,7 @@ class FinetuneConfig:
                 raise DtrlError(f"{name.replace('_', '-')}={getattr(self, name)} must be a positive integer")
         if not self.learning_rate > 0:
             raise DtrlError(f"learning-rate={self.learning_rate} must be > 0")
-        for name in ("weight_decay", "grad_clip", "eval_every", "target_return", "eval_target"):
+        for name in ("weight_decay", "grad_clip", "eval_every"):
             if getattr(self, name) < 0:
                 raise DtrlError(f"{name.replace('_', '-')}={getattr(self, name)} must be >= 0")
 

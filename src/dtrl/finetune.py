@@ -143,8 +143,8 @@ def finetune(
     model = DecisionTransformer(spec.model).to(device)
     model.load_state_dict(weights)
     spec.env_id = env_id
-    eval_target = config.eval_target or float(offline_data.episode_returns.max())
-    online_target = config.target_return or 2.0 * eval_target
+    eval_target = float(offline_data.episode_returns.max()) if config.eval_target is None else config.eval_target
+    online_target = eval_target + abs(eval_target) if config.target_return is None else config.target_return
 
     def run_eval() -> list[EvalResult]:
         policy = DecisionTransformerPolicy(model, spec, device)

@@ -85,7 +85,7 @@ class DecisionTransformerPolicy:
         Gaussian recomputes the window at every step: the key/value cache is not used.
         """
         cfg = self.spec.model
-        if not cfg.discrete and not cfg.stochastic_policy:
+        if not self.has_distribution:
             raise DtrlError(
                 "this policy has a deterministic action head, there is no distribution to sample: "
                 "train with model.stochastic_policy=true"
@@ -96,11 +96,10 @@ class DecisionTransformerPolicy:
         if not cfg.discrete:
             self._cache = None
 
-    def sample_discrete_actions(self, seed: int = 0) -> None:
-        """Draw discrete actions from the predicted distribution (seeded) instead of taking the most likely;
-        a continuous policy keeps acting with its mean action (``eval_sample_actions``)."""
-        if self.spec.model.discrete:
-            self.sample_actions(seed)
+    @property
+    def has_distribution(self) -> bool:
+        """Whether :meth:`sample_actions` applies: a discrete or a stochastic continuous head."""
+        return self.spec.model.discrete or self.spec.model.stochastic_policy
 
     @property
     def _samples_gaussian(self) -> bool:

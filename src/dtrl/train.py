@@ -393,9 +393,10 @@ def evaluate_and_log(
     step: int,
 ) -> list[EvalResult]:
     """Evaluate ``model`` in the run's env at its targets, log the returns at ``step``, leave it in train mode."""
-    policy = DecisionTransformerPolicy(model, spec, device)
-    if config.eval_sample_actions:
-        policy.sample_discrete_actions(config.seed)
+    # The KV cache snapshots the weights at reset(), so it is exact for this evaluation (tested equal to a full recompute).
+    policy = DecisionTransformerPolicy(model, spec, device, kv_cache=True)
+    if config.eval_sample_actions and policy.has_distribution:
+        policy.sample_actions(config.seed)
     results = evaluate(
         policy, data.env_id, data.targets, config.eval_episodes, seed=config.seed,
         max_episode_steps=config.eval_max_episode_steps or None,
