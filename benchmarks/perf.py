@@ -539,7 +539,8 @@ def stacked_main(args: argparse.Namespace, dataset: EpisodeDataset, device: torc
     path = RESULTS / f"perf_stacked_{device.type}.json"
     text = json.dumps(result, indent=2) + "\n"
     atomic_write(path, lambda f: f.write(text.encode()))
-    print(text + f"wrote {path}")
+    render()
+    print(text + f"wrote {path} and {RESULTS / 'perf.md'}")
 
 
 def latency_main(args: argparse.Namespace, dataset: EpisodeDataset, device: torch.device) -> None:
@@ -654,6 +655,18 @@ def render() -> None:
                       "| batch | K | steps/s | segments/s | peak memory (MB) |", "|---|---|---|---|---|"]
             lines += [f"| {q['batch_size']} | {q['context_length']} | {q['steps_per_second']} | {q['samples_per_second']} | "
                       f"{q['peak_memory_mb']} |" for q in sc["batch"] + sc["context"]]
+            lines.append("")
+        stacked = RESULTS / f"perf_stacked_{device}.json"
+        if stacked.is_file():
+            st = json.loads(stacked.read_text())
+            se = st["environment"]
+            lines += ["### Stacked seeds: N seeds in one process (`dtrl train --seeds`)", "",
+                      f"`{se['command']}` ({se['date']}, load {se['load_average_1_5_15min']}, {st['precision']}, "
+                      f"{se['threads']} threads; {stacked.name}). One seed at a time: "
+                      f"{st['sequential_seed_steps_per_second']} seed-steps/s.", "",
+                      "| seeds | seed-steps/s | ÷ one at a time | peak memory (MB) |", "|---|---|---|---|"]
+            lines += [f"| {n} | {q['seed_steps_per_second']} | {q['speedup_vs_sequential']}× | {q['peak_memory_mb']} |"
+                      for n, q in st["stacked"].items()]
             lines.append("")
     text = "\n".join(lines)
     atomic_write(RESULTS / "perf.md", lambda f: f.write(text.encode()))
