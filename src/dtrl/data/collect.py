@@ -32,7 +32,7 @@ import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import gymnasium as gym
 import numpy as np
@@ -498,30 +498,8 @@ def make_quickstart_dataset(
     episodes: list[Episode] = []
     sources: list[dict[str, Any]] = []
     for src in r["sources"]:
-        s_seed = next(seeds)
-        if src["name"] == "random":
-            snap, policy = None, random_policy(action_space, s_seed)
-        else:
-            if src["fraction"] >= 1.0:
-                snap = best
-            else:
-                target = src["fraction"] * best.eval_return
-                snap = min(candidates, key=lambda s: abs(s.eval_return - target))
-            policy = snap.policy(deterministic=False, noise_std=float(src.get("noise_std", 0.0)), seed=s_seed)
-        eps = record_episodes(policy, env_id, num_transitions=int(src["transitions"]), seed=s_seed)
-        rets = episode_returns(eps)
-        info = {
-            "name": src["name"],
-            "policy": "uniform random" if snap is None else f"{r['algo']} snapshot, sampled actions",
-            "snapshot_timesteps": None if snap is None else snap.timesteps,
-            "snapshot_deterministic_return": None if snap is None else round(snap.eval_return, 2),
-            "noise_std": float(src.get("noise_std", 0.0)),
-            "seed": s_seed,
-            "first_episode": len(episodes),
-            "episodes": len(eps),
-            "transitions": int(sum(len(e) for e in eps)),
-            "returns": _stats(rets),
-        }
+        eps, info = _record_source(src, r["algo"], best, candidates, env_id, action_space, next(seeds))
+        info["first_episode"] = len(episodes)
         sources.append(info)
         episodes.extend(eps)
         say(f"source {src['name']}: {info['episodes']} episodes, {info['transitions']} transitions, returns {info['returns']}")
@@ -588,6 +566,36 @@ def make_quickstart_dataset(
     path = dataset.save(out_path, compress=True)
     say(f"saved {path} ({path.stat().st_size / 1e6:.2f} MB) in {wall:.0f}s: {dataset.summary()}")
     return dataset
+
+
+def _record_source(
+    src: dict[str, Any], algo: str, best: Snapshot, candidates: list[Snapshot], env_id: str, action_space: gym.Space,
+    seed: int,
+) -> tuple[list[Episode], dict[str, Any]]:
+    """Record one source of the quickstart recipe: uniform random actions, the best snapshot
+    (``fraction`` 1), or the learning-phase snapshot nearest ``fraction`` of the best's return."""
+    if src["name"] == "random":
+        snap, policy = None, random_policy(action_space, seed)
+    else:
+        if src["fraction"] >= 1.0:
+            snap = best
+        else:
+            target = src["fraction"] * best.eval_return
+            snap = min(candidates, key=lambda s: abs(s.eval_return - target))
+        policy = snap.policy(deterministic=False, noise_std=float(src.get("noise_std", 0.0)), seed=seed)
+    eps = record_episodes(policy, env_id, num_transitions=int(src["transitions"]), seed=seed)
+    info = {
+        "name": src["name"],
+        "policy": "uniform random" if snap is None else f"{algo} snapshot, sampled actions",
+        "snapshot_timesteps": None if snap is None else snap.timesteps,
+        "snapshot_deterministic_return": None if snap is None else round(snap.eval_return, 2),
+        "noise_std": float(src.get("noise_std", 0.0)),
+        "seed": seed,
+        "episodes": len(eps),
+        "transitions": int(sum(len(e) for e in eps)),
+        "returns": _stats(episode_returns(eps)),
+    }
+    return eps, info
 
 
 # --------------------------------------------------------------------------- D4RL protocol
@@ -881,6 +889,94 @@ def _write_json(path: Path, value: dict[str, Any]) -> None:
     atomic_write(path, lambda f: f.write(text))
 
 
+def _check_cached(paths: Iterable[Path], settings: dict[str, Any]) -> None:
+    """A cached dataset made with other protocol settings is an error, never silently mixed with new ones."""
+    for path in paths:
+        if path.is_file():
+            made_with = EpisodeDataset.load(path).metadata.get("protocol") or {}
+            if differ := [k for k in settings if made_with.get(k) != settings[k]]:
+                raise DtrlError(
+                    f"{path} exists but was made with other settings ({', '.join(differ)} differ): "
+                    "delete it, or pass another --cache-dir"
+                )
+
+
+@dataclass
+class _AgentRecorder:
+    """What the stages of :func:`collect_d4rl` share: the env, the agent's directory, progress and timings."""
+
+    env_id: str
+    agent_dir: Path
+    max_episode_steps: int
+    progress: Progress | None
+
+    def __post_init__(self) -> None:
+        self.timings: dict[str, float] = _json(self.agent_dir / "timings.json")
+
+    def record(self, policy: BatchPolicyFn, stage: str, seed: int, **budget: int) -> Recording:
+        """Record ``num_transitions`` or ``num_episodes`` with :func:`record_vector`, reporting ``stage``."""
+        progress, total = self.progress, budget.get("num_transitions") or budget["num_episodes"]
+        report = (lambda done: progress(stage, min(done, total), total)) if progress and "num_transitions" in budget else None
+        rec = record_vector(policy, self.env_id, seed=seed, max_episode_steps=self.max_episode_steps,
+                            on_progress=report, **budget)
+        if progress and "num_episodes" in budget:
+            progress(stage, total, total)
+        return rec
+
+    def returns(self, policy: BatchPolicyFn, stage: str, seed: int, episodes: int) -> np.ndarray:
+        return episode_returns(self.record(policy, stage, seed, num_episodes=episodes).episodes)
+
+    def add_time(self, stage: str, since: float) -> None:
+        """Add the wall time since ``since`` to ``stage`` in the agent's timings.json."""
+        self.timings[stage] = round(self.timings.get(stage, 0.0) + time.perf_counter() - since, 1)
+        _write_json(self.agent_dir / "timings.json", self.timings)
+
+
+def _reference_scores(
+    agent: _AgentRecorder, expert: Snapshot, expert_steps: int, seed_of: dict[str, int], episodes: int
+) -> dict[str, dict[str, Any]]:
+    """Returns of uniform random actions and of the expert over ``episodes`` episodes, cached in the agent's dir."""
+    refs = _json(agent.agent_dir / "ref_scores.json")
+    if refs:
+        return refs
+    t0 = time.perf_counter()
+    rand = agent.returns(uniform_batch_policy(expert.action_space, seed_of["ref-random"]), "reference: random",
+                         seed_of["ref-random"], episodes)
+    exp = agent.returns(expert.batch_policy(seed=seed_of["ref-expert"]), "reference: expert", seed_of["ref-expert"], episodes)
+    refs = {
+        "random": {"policy": "uniform random", "episodes": len(rand), **_stats(rand)},
+        "expert": {"policy": f"final agent ({expert_steps} steps), sampled actions", "episodes": len(exp), **_stats(exp)},
+    }
+    _write_json(agent.agent_dir / "ref_scores.json", refs)
+    agent.add_time("reference_scores", t0)
+    return refs
+
+
+def _medium_snapshot(
+    agent: _AgentRecorder, steps: list[int], expert_return: float, seed: int, episodes: int
+) -> tuple[int, float]:
+    """The medium policy: the snapshot whose return is closest to a third of the expert's, among those of
+    the learning phase. Snapshots are evaluated in training order (cached) until one reaches two thirds."""
+    path = agent.agent_dir / "evaluations.json"
+    evals = {int(k): v for k, v in _json(path).items()}
+    progress, t0 = agent.progress, time.perf_counter()
+    for t in steps:
+        if t not in evals:
+            policy = load_snapshot(agent.agent_dir, t).batch_policy(seed=seed)
+            evals[t] = float(agent.returns(policy, "evaluate snapshots", seed, episodes).mean())
+            _write_json(path, {str(k): v for k, v in sorted(evals.items())})
+        if progress:
+            progress("evaluate snapshots", steps.index(t) + 1, len(steps))
+        if evals[t] >= 2 / 3 * expert_return:
+            break
+    if progress:  # the learning phase ended here: the bar is complete
+        progress("evaluate snapshots", len(evals), len(evals))
+    agent.add_time("evaluate_snapshots", t0)
+    learning = [t for t in evals if evals[t] < 2 / 3 * expert_return] or sorted(evals)[:1]
+    medium = min(learning, key=lambda t: (abs(evals[t] - expert_return / 3), t))
+    return medium, evals[medium]
+
+
 def collect_d4rl(
     env_id: str,
     kinds: Sequence[str] = D4RL_KINDS,
@@ -943,14 +1039,7 @@ def collect_d4rl(
     needed = {*kinds, *(("medium", "expert") if "medium-expert" in kinds else ())}
     part_paths = {k: cache_dir / f"{family}-{k}{NATIVE_SUFFIX}" for k in needed}
     paths = {k: part_paths[k] for k in kinds}
-    for kind, path in part_paths.items():
-        if path.is_file():
-            made_with = EpisodeDataset.load(path).metadata.get("protocol") or {}
-            if differ := [k for k in settings if made_with.get(k) != settings[k]]:
-                raise DtrlError(
-                    f"{path} exists but was made with other settings ({', '.join(differ)} differ): "
-                    "delete it, or pass another --cache-dir"
-                )
+    _check_cached(part_paths.values(), settings)
     todo = [k for k in kinds if not paths[k].is_file()]
     for kind in kinds:
         if kind not in todo:
@@ -960,7 +1049,7 @@ def collect_d4rl(
     seeds = [int(s) for s in np.random.SeedSequence(seed).generate_state(len(_SEED_SLOTS))]
     seed_of = {k: seeds[i] for k, i in _SEED_SLOTS.items()}
     agent_dir = cache_dir / "agents" / f"{env_id.replace('/', '_')}-ppo-seed{seed}-{agent_steps}"
-    timings: dict[str, float] = _json(agent_dir / "timings.json")
+    agent = _AgentRecorder(env_id, agent_dir, max_episode_steps, progress)
 
     # 1. The behaviour agent.
     t0 = time.perf_counter()
@@ -968,60 +1057,20 @@ def collect_d4rl(
         env_id, agent_dir, agent_steps, every, seed=seed_of["agent"], max_episode_steps=max_episode_steps,
         n_envs=n_envs, hyperparams=params, progress=progress, log=say,
     )
-    if "train" not in timings:
-        timings["train"] = round(time.perf_counter() - t0, 1)
-        _write_json(agent_dir / "timings.json", timings)
+    if "train" not in agent.timings:
+        agent.add_time("train", t0)
     expert = load_snapshot(agent_dir, steps[-1])
 
-    def record(policy: BatchPolicyFn, stage: str, seed_: int, **budget: int) -> Recording:
-        total = budget.get("num_transitions") or budget["num_episodes"]
-        report = (lambda done: progress(stage, min(done, total), total)) if progress and "num_transitions" in budget else None
-        rec = record_vector(policy, env_id, seed=seed_, max_episode_steps=max_episode_steps, on_progress=report, **budget)
-        if progress and "num_episodes" in budget:
-            progress(stage, total, total)
-        return rec
-
     # 2. Reference scores.
-    refs = _json(agent_dir / "ref_scores.json")
-    if not refs:
-        t1 = time.perf_counter()
-        action_space = expert.action_space
-        rand = episode_returns(record(uniform_batch_policy(action_space, seed_of["ref-random"]), "reference: random",
-                                      seed_of["ref-random"], num_episodes=ref_episodes).episodes)
-        exp = episode_returns(record(expert.batch_policy(seed=seed_of["ref-expert"]), "reference: expert",
-                                     seed_of["ref-expert"], num_episodes=ref_episodes).episodes)
-        refs = {
-            "random": {"policy": "uniform random", "episodes": len(rand), **_stats(rand)},
-            "expert": {"policy": f"final agent ({steps[-1]} steps), sampled actions", "episodes": len(exp), **_stats(exp)},
-        }
-        _write_json(agent_dir / "ref_scores.json", refs)
-        timings["reference_scores"] = round(time.perf_counter() - t1, 1)
-        _write_json(agent_dir / "timings.json", timings)
+    refs = _reference_scores(agent, expert, steps[-1], seed_of, ref_episodes)
     ref_scores = {k: float(refs[k]["mean"]) for k in ("random", "expert")}
     say(f"reference scores: random {ref_scores['random']:.1f}, expert {ref_scores['expert']:.1f}")
 
-    # 3. The medium snapshot: evaluate snapshots in training order until one reaches 2/3 of the expert.
+    # 3. The medium snapshot.
     medium_steps: int | None = None
     if {"medium", "medium-replay", "medium-expert"} & set(todo):
-        evals = {int(k): v for k, v in _json(agent_dir / "evaluations.json").items()}
-        t1 = time.perf_counter()
-        for t in steps:
-            if t not in evals:
-                snap = load_snapshot(agent_dir, t)
-                evals[t] = float(episode_returns(record(snap.batch_policy(seed=seed_of["evaluate"]), "evaluate snapshots",
-                                                        seed_of["evaluate"], num_episodes=eval_episodes).episodes).mean())
-                _write_json(agent_dir / "evaluations.json", {str(k): v for k, v in sorted(evals.items())})
-            if progress:
-                progress("evaluate snapshots", steps.index(t) + 1, len(steps))
-            if evals[t] >= 2 / 3 * ref_scores["expert"]:
-                break
-        if progress:  # the learning phase ended here: the bar is complete
-            progress("evaluate snapshots", len(evals), len(evals))
-        timings["evaluate_snapshots"] = round(timings.get("evaluate_snapshots", 0.0) + time.perf_counter() - t1, 1)
-        _write_json(agent_dir / "timings.json", timings)
-        learning = [t for t in evals if evals[t] < 2 / 3 * ref_scores["expert"]] or sorted(evals)[:1]
-        medium_steps = min(learning, key=lambda t: (abs(evals[t] - ref_scores["expert"] / 3), t))
-        say(f"medium snapshot: {medium_steps} steps, return {evals[medium_steps]:.1f} "
+        medium_steps, medium_return = _medium_snapshot(agent, steps, ref_scores["expert"], seed_of["evaluate"], eval_episodes)
+        say(f"medium snapshot: {medium_steps} steps, return {medium_return:.1f} "
             f"(a third of the expert: {ref_scores['expert'] / 3:.1f})")
 
     # 4. The datasets.
@@ -1039,7 +1088,7 @@ def collect_d4rl(
         "expert_steps": steps[-1],
         "medium_steps": medium_steps,
         "ref_scores_detail": refs,
-        "agent_wall_time_s": timings,
+        "agent_wall_time_s": agent.timings,
         "versions": _versions(),
         "platform": platform.platform(),
         "num_threads": num_threads,
@@ -1057,7 +1106,7 @@ def collect_d4rl(
         else:
             snap = expert if kind == "expert" else load_snapshot(agent_dir, medium_steps)  # type: ignore[arg-type]
             policy = snap.batch_policy(seed=seed_of[kind])
-        return record(policy, f"record {family}-{kind}", seed_of[kind], num_transitions=transitions)
+        return agent.record(policy, f"record {family}-{kind}", seed_of[kind], num_transitions=transitions)
 
     for kind in todo:
         t1 = time.perf_counter()
@@ -1069,7 +1118,7 @@ def collect_d4rl(
             rec = Recording([e for p in parts for e in p.episodes], [o for p in parts for o in p.final_observations])
         else:
             rec = made[kind] = source(kind)
-        wall = round(time.perf_counter() - t1 + (timings.get("train", 0.0) if kind == "medium-replay" else 0.0), 1)
+        wall = round(time.perf_counter() - t1 + (agent.timings.get("train", 0.0) if kind == "medium-replay" else 0.0), 1)
         ds = rec.dataset(
             observation_space=obs_space, action_space=expert.action_space, name=f"{family}-{kind}", env_id=env_id,
             ref_scores=ref_scores, metadata={**base_meta, "kind": kind, "family": family, "wall_time_s": wall},
