@@ -71,6 +71,7 @@ from dtrl.data.episodes import EpisodeDataset, append_line, atomic_write  # noqa
 from dtrl.errors import DtrlError  # noqa: E402
 from dtrl.evaluate import EvalResult, evaluate  # noqa: E402
 from dtrl.finetune import finetune  # noqa: E402
+from dtrl.plot import plot_seeds, save_figure  # noqa: E402
 from dtrl.stacked import train_stacked  # noqa: E402
 from dtrl.train import open_dataset, train  # noqa: E402
 
@@ -394,19 +395,15 @@ def _cell(values: np.ndarray | None) -> str:
 def plot_curves(rows: list[dict[str, str]], datasets: list[str], methods: list[str], out: Path) -> Path:
     """Normalised score vs gradient steps: mean ± std over seeds, one panel per dataset."""
     fig, axes = _panels(len(datasets), 4)
+    colors = dict(zip(methods, _colors()))
     for ax, name in zip(axes, datasets):
         for method in methods:
             curves = [np.array(_pairs(r["curve"])) for r in rows if r["dataset"] == name and r["method"] == method]
-            if not curves:
-                continue
-            length = min(len(c) for c in curves)
-            stack = np.stack([c[:length, 1] for c in curves])
-            steps, mean, std = curves[0][:length, 0], stack.mean(axis=0), stack.std(axis=0)
-            ax.plot(steps, mean, marker="o", label=f"{LABELS[method]} ({len(curves)} seeds)")
-            ax.fill_between(steps, mean - std, mean + std, alpha=0.2)
+            if curves:
+                plot_seeds(ax, [(c[:, 0], c[:, 1]) for c in curves], f"{LABELS[method]}, {len(curves)} seeds", colors[method])
         _label(ax, name, "gradient step", "normalised score")
     fig.tight_layout()
-    return _save(fig, out / CURVES_PNG)
+    return save_figure(fig, out / CURVES_PNG, dpi=110)
 
 
 def plot_calibration(rows: list[dict[str, str]], datasets: list[str], out: Path) -> Path | None:
@@ -427,7 +424,7 @@ def plot_calibration(rows: list[dict[str, str]], datasets: list[str], out: Path)
         ax.axhline(best, color="tab:red", linestyle=":")
         _label(ax, name, "target return", "achieved return")
     fig.tight_layout()
-    return _save(fig, out / CALIBRATION_PNG)
+    return save_figure(fig, out / CALIBRATION_PNG, dpi=110)
 
 
 def _panels(count: int, height: float, columns: int = 3) -> tuple[Any, list[Any]]:
@@ -455,14 +452,11 @@ def _label(ax: Any, title: str, xlabel: str, ylabel: str) -> None:
     ax.legend(fontsize=7)
 
 
-def _save(fig: Any, path: Path) -> Path:
+def _colors() -> list[str]:
+    """Matplotlib's colour cycle, repeated: one colour per method across every panel."""
     import matplotlib.pyplot as plt
 
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    atomic_write(path, lambda f: f.write(buffer.getvalue()))
-    return path
+    return plt.rcParams["axes.prop_cycle"].by_key()["color"] * 3
 
 
 def targets_met(scores: dict[tuple[str, str], np.ndarray], rows: list[dict[str, str]], datasets: list[str]) -> list[str]:

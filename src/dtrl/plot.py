@@ -71,14 +71,20 @@ def group_runs(runs: list[Path]) -> dict[str, list[Path]]:
     return labelled
 
 
-def _save(fig: Any, path: Path) -> Path:
+def save_figure(fig: Any, path: Path, dpi: int = 120) -> Path:
+    """Write ``fig`` to ``path`` as a PNG, atomically, and close it."""
+    import matplotlib.pyplot as plt
+
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
+    try:
+        fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
+    finally:
+        plt.close(fig)
     atomic_write(path, lambda f: f.write(buffer.getvalue()))
     return path
 
 
-def _plot_group(ax: Any, curves: list[tuple[np.ndarray, np.ndarray]], label: str, color: Any) -> None:
+def plot_seeds(ax: Any, curves: list[tuple[np.ndarray, np.ndarray]], label: str, color: Any) -> None:
     """Mean ± std over seeds on the steps of the shortest run; each seed as a faint line."""
     marker = "o" if max(len(s) for s, _ in curves) < 3 else None
     if len(curves) == 1:
@@ -114,7 +120,7 @@ def plot_learning_curves(groups: dict[str, list[Path]], out: Path) -> Path:
                 curves = [m[key] for m in runs if key in m]
                 if curves:
                     name = f"{label}, target {key.split('@')[1]}" if "@" in key else label
-                    _plot_group(ax, curves, name, colors[i % len(colors)])
+                    plot_seeds(ax, curves, name, colors[i % len(colors)])
                     i += 1
         ax.set_title(panel)
         ax.set_xlabel("step")
@@ -123,10 +129,7 @@ def plot_learning_curves(groups: dict[str, list[Path]], out: Path) -> Path:
             ax.set_yscale("log")
         ax.legend(fontsize=8)
     fig.tight_layout()
-    try:
-        return _save(fig, out / CURVES_PNG)
-    finally:
-        plt.close(fig)
+    return save_figure(fig, out / CURVES_PNG)
 
 
 def plot_calibration(runs: list[Path], out: Path) -> Path | None:
@@ -154,10 +157,7 @@ def plot_calibration(runs: list[Path], out: Path) -> Path | None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    try:
-        return _save(fig, out / CALIBRATION_PNG)
-    finally:
-        plt.close(fig)
+    return save_figure(fig, out / CALIBRATION_PNG)
 
 
 def plot_runs(runs: list[Path], out: Path) -> list[Path]:
