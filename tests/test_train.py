@@ -17,7 +17,7 @@ from dtrl.checkpoint import (
     load_policy_files,
     write_policy,
 )
-from dtrl.config import load_config
+from dtrl.config import TrainConfig, load_config
 from dtrl.errors import DtrlError
 from dtrl.policy import load
 from dtrl.train import train
@@ -100,3 +100,19 @@ def test_weights_from_another_model_shape_are_rejected(pendulum_path: Path, tmp_
     (result.checkpoint / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(DtrlError, match="another model shape"):
         load(result.checkpoint, device="cpu")
+
+
+def test_learning_rate_warms_up_then_stays_or_follows_a_cosine_to_a_tenth():
+    from dtrl.train import learning_rate_factor
+
+    flat = TrainConfig(steps=100, warmup_steps=10)
+    cosine = TrainConfig(steps=100, warmup_steps=10, lr_decay="cosine")
+    for config in (flat, cosine):
+        assert [learning_rate_factor(s, config) for s in (0, 4, 9)] == [0.1, 0.5, 1.0]
+    assert all(learning_rate_factor(s, flat) == 1.0 for s in range(10, 200))
+    decay = [learning_rate_factor(s, cosine) for s in range(10, 101)]
+    assert decay[0] == 1.0 and all(a >= b for a, b in zip(decay, decay[1:]))
+    assert decay[45] == pytest.approx(0.5) and decay[-1] == learning_rate_factor(500, cosine) == 0.1
+    assert learning_rate_factor(7, TrainConfig(warmup_steps=0, lr_decay="none")) == 1.0
+    with pytest.raises(DtrlError, match="lr_decay='linear': choose"):
+        TrainConfig(lr_decay="linear").validate()

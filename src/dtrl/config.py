@@ -122,7 +122,10 @@ class TrainConfig:
     weight_decay: float = 1e-4
     betas: tuple[float, float] = (0.9, 0.999)
     warmup_steps: int = 10_000
-    """Linear learning-rate warm-up from 0; constant afterwards, as in the paper."""
+    """Linear learning-rate warm-up from 0; then constant, or decayed by ``lr_decay``."""
+    lr_decay: str = "none"
+    """After the warm-up: "none" keeps the rate constant (the paper's gym runs); "cosine" lowers it
+    along a half cosine to 10% at ``steps`` (the paper's Atari runs, as minGPT)."""
     grad_clip: float = 0.25
     """Clip the gradient's global norm; 0 disables."""
     log_every: int = 100
@@ -150,6 +153,8 @@ class TrainConfig:
                 raise DtrlError(f"{name}={getattr(self, name)} must be > 0")
         if not 0.0 < self.top_fraction <= 1.0:
             raise DtrlError(f"top_fraction={self.top_fraction} must lie in (0, 1]")
+        if self.lr_decay not in ("none", "cosine"):
+            raise DtrlError(f"lr_decay={self.lr_decay!r}: choose 'none' or 'cosine'")
         if self.precision not in ("fp32", "bf16"):
             raise DtrlError(f"precision={self.precision!r}: choose 'fp32' or 'bf16'")
         for name in ("weight_decay", "warmup_steps", "grad_clip", "eval_every", "num_threads", "eval_max_episode_steps"):

@@ -107,7 +107,7 @@ def action_loss(model: torch.nn.Module, batch: Batch, dist: Dist = Dist()) -> to
 def build_optimizer(
     model: torch.nn.Module, config: TrainConfig, fused: bool | None = None
 ) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
-    """AdamW with the paper's linear learning-rate warm-up, constant afterwards.
+    """AdamW with the learning rate of :func:`learning_rate_factor`.
 
     A stochastic policy's learned temperature is a second parameter group, without weight decay.
     """
@@ -120,9 +120,20 @@ def build_optimizer(
     optimizer = torch.optim.AdamW(
         params, lr=config.learning_rate, weight_decay=config.weight_decay, betas=config.betas, fused=fused
     )
-    warmup = config.warmup_steps
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min((s + 1) / warmup, 1.0) if warmup else 1.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: learning_rate_factor(step, config))
     return optimizer, scheduler
+
+
+def learning_rate_factor(step: int, config: TrainConfig) -> float:
+    """The multiple of ``learning_rate`` used by gradient step ``step`` (from 0): a linear warm-up,
+    then 1, or with ``lr_decay=cosine`` a half cosine that stops at 0.1 (minGPT's schedule)."""
+    warmup = config.warmup_steps
+    if step < warmup:
+        return (step + 1) / warmup
+    if config.lr_decay == "none":
+        return 1.0
+    progress = min(1.0, (step - warmup) / max(1, config.steps - warmup))
+    return max(0.1, 0.5 * (1.0 + math.cos(math.pi * progress)))
 
 
 def autocast(config: TrainConfig, device: torch.device) -> torch.autocast:
