@@ -645,31 +645,42 @@ def render() -> None:
                   "| after phase | MB |", "|---|---|"]
         lines += [f"| {k} | {v} |" for k, v in r["peak_memory_mb"].items()]
         lines.append("")
-        scaling = RESULTS / f"scaling_{device}.json"
-        if scaling.is_file():
-            sc = json.loads(scaling.read_text())
-            lines += ["### Scaling: training throughput and memory", "",
-                      f"`{sc['environment']['command']}` ({sc['environment']['date']}, load "
-                      f"{sc['environment']['load_average_1_5_15min']}, {sc['settings']['precision']}, "
-                      f"{sc['settings']['threads']} threads); each point in a fresh process. Plot: scaling_{device}.png.", "",
-                      "| batch | K | steps/s | segments/s | peak memory (MB) |", "|---|---|---|---|---|"]
-            lines += [f"| {q['batch_size']} | {q['context_length']} | {q['steps_per_second']} | {q['samples_per_second']} | "
-                      f"{q['peak_memory_mb']} |" for q in sc["batch"] + sc["context"]]
-            lines.append("")
-        stacked = RESULTS / f"perf_stacked_{device}.json"
-        if stacked.is_file():
-            st = json.loads(stacked.read_text())
-            se = st["environment"]
-            lines += ["### Stacked seeds: N seeds in one process (`dtrl train --seeds`)", "",
-                      f"`{se['command']}` ({se['date']}, load {se['load_average_1_5_15min']}, {st['precision']}, "
-                      f"{se['threads']} threads; {stacked.name}). One seed at a time: "
-                      f"{st['sequential_seed_steps_per_second']} seed-steps/s.", "",
-                      "| seeds | seed-steps/s | ÷ one at a time | peak memory (MB) |", "|---|---|---|---|"]
-            lines += [f"| {n} | {q['seed_steps_per_second']} | {q['speedup_vs_sequential']}× | {q['peak_memory_mb']} |"
-                      for n, q in st["stacked"].items()]
-            lines.append("")
+        lines += scaling_lines(device) + stacked_lines(device)
     text = "\n".join(lines)
     atomic_write(RESULTS / "perf.md", lambda f: f.write(text.encode()))
+
+
+def scaling_lines(device: str) -> list[str]:
+    """perf.md's section on scaling_<device>.json (`--scaling`), if there is one."""
+    scaling = RESULTS / f"scaling_{device}.json"
+    if not scaling.is_file():
+        return []
+    sc = json.loads(scaling.read_text())
+    lines = ["### Scaling: training throughput and memory", "",
+             f"`{sc['environment']['command']}` ({sc['environment']['date']}, load "
+             f"{sc['environment']['load_average_1_5_15min']}, {sc['settings']['precision']}, "
+             f"{sc['settings']['threads']} threads); each point in a fresh process. Plot: scaling_{device}.png.", "",
+             "| batch | K | steps/s | segments/s | peak memory (MB) |", "|---|---|---|---|---|"]
+    lines += [f"| {q['batch_size']} | {q['context_length']} | {q['steps_per_second']} | {q['samples_per_second']} | "
+             f"{q['peak_memory_mb']} |" for q in sc["batch"] + sc["context"]]
+    return lines + [""]
+
+
+def stacked_lines(device: str) -> list[str]:
+    """perf.md's section on perf_stacked_<device>.json (`--stacked`), if there is one."""
+    stacked = RESULTS / f"perf_stacked_{device}.json"
+    if not stacked.is_file():
+        return []
+    st = json.loads(stacked.read_text())
+    se = st["environment"]
+    lines = ["### Stacked seeds: N seeds in one process (`dtrl train --seeds`)", "",
+             f"`{se['command']}` ({se['date']}, load {se['load_average_1_5_15min']}, {st['precision']}, "
+             f"{se['threads']} threads; {stacked.name}). One seed at a time: "
+             f"{st['sequential_seed_steps_per_second']} seed-steps/s.", "",
+             "| seeds | seed-steps/s | ÷ one at a time | peak memory (MB) |", "|---|---|---|---|"]
+    lines += [f"| {n} | {q['seed_steps_per_second']} | {q['speedup_vs_sequential']}× | {q['peak_memory_mb']} |"
+              for n, q in st["stacked"].items()]
+    return lines + [""]
 
 
 if __name__ == "__main__":
