@@ -194,7 +194,7 @@ class FinetuneConfig:
     eval_every: int = 0
     """Evaluate every N environment steps (0: only before and after fine-tuning)."""
     seed: int = 0
-    """Seeds rollouts (episodes start from seeds 1,000,000 + 100,000·seed on), action sampling and dropout."""
+    """Seeds rollouts (episodes start from env seed 1,000,000 + max(100,000, steps)·seed on), action sampling and dropout."""
     eval_seed: int = 0
     """Evaluation episode i starts from seed eval_seed + i, before and after fine-tuning alike."""
     device: str = "auto"

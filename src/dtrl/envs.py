@@ -36,8 +36,10 @@ def quiet_mujoco_warnings() -> None:
         if not message.startswith(MUJOCO_NOISE):
             print(f"WARNING: {message}", file=sys.stderr)
 
-    import mujoco
-
+    try:
+        import mujoco
+    except ImportError:  # creating the env then says, in one line, which package is missing
+        return
     mujoco.set_mju_user_warning(warn)
 
 

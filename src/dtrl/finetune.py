@@ -166,7 +166,8 @@ def finetune(
     )
     optimizer, scheduler = build_optimizer(model, train_config)  # no warm-up: a constant learning rate
     generator = torch.Generator(device=device).manual_seed(config.seed)
-    seeds = ROLLOUT_SEED_BASE + config.seed * 100_000 + np.arange(config.steps)  # never more episodes than steps
+    # never more episodes than steps, so seeds of different runs' rollouts never overlap
+    seeds = ROLLOUT_SEED_BASE + config.seed * max(100_000, config.steps) + np.arange(config.steps)
     logger = MetricsLogger(out_dir)
     logger.log(0, {f"eval/return_mean@{eval_target:g}": offline[0].mean})
     env_steps = updates = episodes_done = 0

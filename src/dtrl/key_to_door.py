@@ -52,6 +52,7 @@ class KeyToDoorEnv(gym.Env[np.ndarray, np.int64]):
         self.action_space = gym.spaces.Discrete(4)
         self._t = 0
         self._has_key = False
+        self._ended = True  # no episode runs until reset()
 
     @property
     def phase(self) -> int:
@@ -71,13 +72,14 @@ class KeyToDoorEnv(gym.Env[np.ndarray, np.int64]):
         self._door_start, self._door = self._two_cells()
         self._t = 0
         self._has_key = False
+        self._ended = False
         return self._observation(), self._info()
 
     def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         if not self.action_space.contains(action):
             raise ValueError(f"invalid action {action!r}: KeyToDoor takes 0 (up), 1 (right), 2 (down) or 3 (left)")
-        if self._t >= self.max_steps:
-            raise RuntimeError("the episode has ended: call reset()")
+        if self._ended:  # after the door too, not only after the last step
+            raise RuntimeError("no episode is running: call reset()")
         phase = self.phase
         self._agent = np.clip(self._agent + MOVES[int(action)], 0, self.size - 1)
         reward, terminated = 0.0, False
@@ -91,6 +93,7 @@ class KeyToDoorEnv(gym.Env[np.ndarray, np.int64]):
         elif self._t == self.key_steps + self.wait_steps:
             self._agent = self._door_start.copy()
         terminated = terminated or self._t == self.max_steps
+        self._ended = terminated
         return self._observation(), reward, terminated, False, self._info()
 
     def _observation(self) -> np.ndarray:

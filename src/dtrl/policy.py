@@ -30,6 +30,7 @@ from dtrl.models.gaussian import sample
 
 
 def pick_device(device: str = "auto") -> torch.device:
+    """``auto`` is CUDA when there is one, else the CPU; asking for CUDA without one is a user error."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -72,6 +73,7 @@ class DecisionTransformerPolicy:
         return cls(model, spec, pick_device(device), kv_cache)
 
     def check_env(self, env: gym.Env | gym.vector.VectorEnv, env_id: str) -> None:
+        """Fail in one line if ``env`` does not have the spaces the policy was trained on."""
         obs_space = getattr(env, "single_observation_space", env.observation_space)
         act_space = getattr(env, "single_action_space", env.action_space)
         check_fits(obs_space, act_space, self.spec.observation_space, self.spec.action_space, env_id, self.spec.env_id)

@@ -119,9 +119,10 @@ def collect_atari(
         from stable_baselines3 import PPO
         from stable_baselines3.common.vec_env import DummyVecEnv
 
+        for stale in replay_dir.glob("*_ckpt.*.gz"):  # an interrupted recording's, which this one may not overwrite
+            stale.unlink()
         venv = DummyVecEnv([lambda: atari.make_env(env_id, clip_reward=True) for _ in range(n_envs)])
-        venv.seed(seed)
-        model = PPO("CnnPolicy", venv, seed=seed, device="cpu", verbose=0, **params)
+        model = PPO("CnnPolicy", venv, seed=seed, device="cpu", verbose=0, **params)  # seeds the envs too
         written = [0]
 
         def write(episodes: list[dict[str, np.ndarray]]) -> None:
@@ -132,15 +133,17 @@ def collect_atari(
 
         capture = _atari_replay_callback(n_envs, write)
         t0 = time.perf_counter()
-        while model.num_timesteps < agent_steps:
-            model.learn(every, callback=capture, reset_num_timesteps=False)
-            capture.flush()
-            if progress:
-                progress("train agent", model.num_timesteps, agent_steps)
-            recent = capture.returns[-100:]
-            say(f"[ppo {env_id}] {model.num_timesteps} steps, return of the last {len(recent)} episodes "
-                f"{np.mean(recent) if recent else float('nan'):.1f}, {time.perf_counter() - t0:.0f}s")
-        venv.close()
+        try:
+            while model.num_timesteps < agent_steps:
+                model.learn(every, callback=capture, reset_num_timesteps=False)
+                capture.flush()
+                if progress:
+                    progress("train agent", model.num_timesteps, agent_steps)
+                recent = capture.returns[-100:]
+                say(f"[ppo {env_id}] {model.num_timesteps} steps, return of the last {len(recent)} episodes "
+                    f"{np.mean(recent) if recent else float('nan'):.1f}, {time.perf_counter() - t0:.0f}s")
+        finally:
+            venv.close()
         returns = np.asarray(capture.returns)
         summary = {
             "agent_steps": model.num_timesteps, "hyperparams": params, "wall_time_s": round(time.perf_counter() - t0, 1),

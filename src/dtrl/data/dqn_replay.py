@@ -7,11 +7,14 @@ elements ``observation`` (one 84×84 uint8 frame per step), ``action`` (int32),
 an episode's last step), each a ``np.save`` array inside gzip, plus
 ``add_count_ckpt.<N>.gz`` (how many transitions the buffer had received).
 
-:func:`read_dqn_replay` samples the paper's subset as its code does: pick a
-checkpoint at random, take the next ``trajectories_per_buffer`` whole episodes
-from where the last visit to that checkpoint stopped, and repeat until
+:func:`read_dqn_replay` samples the paper's subset the way its code does, up to
+small details: pick a checkpoint at random, take the next ``trajectories_per_buffer``
+whole episodes from where the last visit to that checkpoint stopped, and repeat until
 ``transitions`` steps (500k: 1% of 50M) are held; an episode cut off by the end
-of a buffer is dropped. Only the first ``buffer_capacity`` rows of a checkpoint
+of a buffer is dropped. (The paper's code takes one episode more per visit, checks
+the budget only between visits and drops a visit that reaches a buffer's end; dtrl
+stops at the budget.) Like the paper's code it keeps every row, including the
+``stack size − 1`` blank rows Dopamine writes before each new episode. Only the first ``buffer_capacity`` rows of a checkpoint
 are decompressed (the paper's code loads 100k per checkpoint), so a 7 GB
 checkpoint costs 0.7 GB while it is read. :func:`write_checkpoint` writes the
 same files (``dtrl data collect ALE/...`` records its agent's replay with it).
@@ -187,6 +190,11 @@ def read_dqn_replay(
             if held >= transitions:
                 break
         cursor[number] = start
+    if not pieces:
+        raise DtrlError(
+            f"{directory}: no checkpoint holds a whole episode (no terminal flag in the rows read): "
+            "download the checkpoints again or point at another replay_logs directory"
+        )
     return _dataset(pieces, directory, env_id, name, {
         "transitions": transitions, "trajectories_per_buffer": trajectories_per_buffer,
         "buffer_capacity": buffer_capacity, "seed": seed, "visits": visits, "checkpoints": numbers,
