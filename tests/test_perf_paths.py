@@ -88,6 +88,13 @@ def test_one_layer_kv_cache_equals_the_window_policy_over_a_whole_episode(tiny_m
     np.testing.assert_allclose(_rollout(cached, obs, rewards), _rollout(window, obs, rewards), rtol=1e-4, atol=1e-5)
 
 
+def test_context_length_one_kv_cache_equals_the_window_policy(tiny_model_config: ModelConfig):
+    """K = 1: each action sees only its own step's tokens; the cache never feeds the previous action."""
+    cached, window = _pair(dataclasses.replace(tiny_model_config, context_length=1))
+    obs, rewards = _stream(3)
+    np.testing.assert_allclose(_rollout(cached, obs, rewards), _rollout(window, obs, rewards), rtol=1e-4, atol=1e-5)
+
+
 def test_discrete_actions_decode_the_same_with_the_cache(tiny_model_config: ModelConfig):
     cfg = dataclasses.replace(tiny_model_config, n_layer=1, observation_dim=4, action_dim=2, discrete=True)
     env = gym.make("CartPole-v1")

@@ -68,7 +68,7 @@ from dtrl.distributed import Dist
 from dtrl.errors import DiskError, DtrlError
 from dtrl.evaluate import EvalResult
 from dtrl.models import DecisionTransformer
-from dtrl.models.gaussian import entropy_estimate, log_prob, network_parameters, target_entropy
+from dtrl.models.gaussian import network_parameters, per_step_loss
 from dtrl.policy import pick_device
 from dtrl.train import (
     Diverged,
@@ -229,13 +229,10 @@ def stacked_action_loss(stacked: nn.Module, batch: Batch, dist: Dist = Dist()) -
 
 
 def _stochastic_per_step(stacked: nn.Module, batch: Batch) -> torch.Tensor:
-    """Online DT's per-step loss (:func:`dtrl.models.gaussian.stochastic_action_loss`), each seed with its own temperature."""
+    """Online DT's per-step loss (:func:`dtrl.models.gaussian.per_step_loss`), each seed with its own temperature."""
     mean, log_std = stacked_forward(stacked, batch, distribution=True)
-    mean, log_std = mean.float(), log_std.float()
-    nll = -log_prob(mean, log_std, batch.actions)
-    entropy = entropy_estimate(mean, log_std)
     alpha = stacked.log_temperature.exp().view(-1, 1, 1)
-    return nll - alpha.detach() * entropy + alpha * (entropy.detach() - target_entropy(stacked.config.action_dim))
+    return per_step_loss(mean.float(), log_std.float(), batch.actions, alpha, stacked.config.action_dim)
 
 
 def clip_per_seed(stacked: nn.Module, max_norm: float) -> torch.Tensor:
@@ -371,9 +368,9 @@ class StackedRun:
         """Every seed's checkpoint of this step; older ones are pruned only once all are written,
         so a kill between two seeds' saves still leaves a step they all share."""
         optimizer, scheduler = self.optimizer.state_dict(), self.scheduler.state_dict()
+        spec = dataclasses.replace(self.data.spec, step=self.step)
         paths = []
         for i, run in enumerate(self.runs):
-            spec = dataclasses.replace(self.data.spec, step=self.step)
             state = {
                 "step": self.step,
                 "optimizer": seed_optimizer_state(optimizer, i),

@@ -87,7 +87,7 @@ class DecisionTransformer(nn.Module):
         """
         B, T = timesteps.shape
         time = self.embed_timestep(timesteps.clamp(max=self.config.max_episode_length - 1))
-        dtype = states.dtype if states.is_floating_point() else time.dtype  # uint8 pixels: the model's
+        dtype = states.dtype if states.is_floating_point() else time.dtype  # uint8 pixels: the model's dtype
         if not self.config.discrete:
             actions = actions.to(dtype)
         per_step = [self.embed_state(states) + time, self.embed_action(actions) + time]
@@ -147,12 +147,13 @@ class DecisionTransformer(nn.Module):
         cfg = self.config
         time = self.embed_timestep(timesteps.clamp(max=cfg.max_episode_length - 1))
         tokens = []
-        dtype = states.dtype if states.is_floating_point() else time.dtype  # uint8 pixels: the model's
+        dtype = states.dtype if states.is_floating_point() else time.dtype  # uint8 pixels: the model's dtype
         if cache.step_count > 0:
             if previous_actions is None:
                 raise DtrlError("step() after the first needs previous_actions: the actions just taken")
-            a = previous_actions if cfg.discrete else previous_actions.to(dtype)
-            tokens.append(self.embed_action(a) + cache.previous_time)
+            if cfg.context_length > 1:  # with K = 1 no query may see a_{t-1}: feeding it would give an all-masked row
+                a = previous_actions if cfg.discrete else previous_actions.to(dtype)
+                tokens.append(self.embed_action(a) + cache.previous_time)
         if cfg.condition_on_return:
             tokens.append(self.embed_return(returns_to_go.unsqueeze(-1).to(dtype)) + time)
         tokens.append(self.embed_state(states) + time)

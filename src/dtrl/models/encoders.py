@@ -3,9 +3,10 @@
 :class:`NatureCNN` is the convolutional torso of Mnih et al. (2015)'s DQN, which
 the Decision Transformer's Atari experiments use to embed each stack of frames:
 three convolutions (32 8×8 stride 4, 64 4×4 stride 2, 64 3×3 stride 1) with
-ReLU, then a linear layer to the embedding width and tanh, as in the paper's code. It takes states flattened
-as the rest of dtrl passes them, (..., C·H·W), in any dtype: uint8 pixels are
-converted and divided by 255 here, so the data stay uint8 until this point.
+ReLU, then a linear layer to the embedding width and tanh, as in the paper's
+code. It takes states flattened as the rest of dtrl passes them, (..., C·H·W),
+in any dtype: uint8 pixels are converted and divided by 255 here, so the data
+stay uint8 until this point.
 """
 
 from __future__ import annotations

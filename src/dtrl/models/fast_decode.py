@@ -83,7 +83,10 @@ class FastDecodingCache:
     ) -> None:
         """``use_numpy``: run the step in NumPy (default: where it can, float32 vector inputs on the CPU)."""
         if not self.supports(model):
-            raise DtrlError("the fast decoder needs a model in eval mode whose blocks all use attention")
+            raise DtrlError(
+                "the fast decoder needs a model in eval mode whose blocks all use attention "
+                "and a context of more than one step (model.context_length > 1)"
+            )
         cfg = model.config
         self.model = model
         self.n = n = 3 if cfg.condition_on_return else 2
@@ -92,7 +95,7 @@ class FastDecodingCache:
         self.n_embd = C = cfg.n_embd
         self.n_head = H = cfg.n_head
         self.head_dim = D = C // H
-        self.capacity = capacity = n * K
+        capacity = n * K
         self.scale = 1.0 / math.sqrt(D)
         self.max_time = cfg.max_episode_length - 1
         weight = model.embed_ln.weight
@@ -107,7 +110,6 @@ class FastDecodingCache:
         # type's bias, stacked: row type * T + t. Linear embeddings of vector inputs become one matrix.
         table = model.embed_timestep.weight
         T = table.shape[0]
-        self.table_rows = T
         kinds = [model.embed_action] + ([model.embed_return] if cfg.condition_on_return else []) + [model.embed_state]
         self.fused_inputs = all(isinstance(m, nn.Linear) for m in kinds)
         if self.fused_inputs:  # continuous actions, vector states
@@ -194,10 +196,11 @@ class FastDecodingCache:
             raise DtrlError("step() after the first needs previous_actions: the actions just taken")
         if self._numpy is not None:
             pred = self._numpy.step(returns_to_go, states, timesteps, previous_actions)
-            self.step_count += 1
-            return pred
-        with torch.no_grad():
-            return self._torch_step(returns_to_go, states, timesteps, previous_actions)
+        else:
+            with torch.no_grad():
+                pred = self._torch_step(returns_to_go, states, timesteps, previous_actions)
+        self.step_count += 1
+        return pred
 
     def _torch_step(
         self,
@@ -237,7 +240,6 @@ class FastDecodingCache:
             x = x.addmm_(h, layer.out_w).add_(layer.out_b)
         w, b, eps = self.ln_f
         pred = torch.addmm(self.head_b, F.layer_norm(x, (C,), w, b, eps), self.head_w)
-        self.step_count += 1
         return pred.tanh_() if self.tanh else pred
 
 

@@ -69,6 +69,19 @@ def entropy_estimate(mean: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:
     return -_log_prob_pre_squash(u, mean, log_std)
 
 
+def per_step_loss(
+    mean: torch.Tensor, log_std: torch.Tensor, actions: torch.Tensor, alpha: torch.Tensor, action_dim: int
+) -> torch.Tensor:
+    """NLL − α·entropy plus the temperature loss α·(entropy − target); shape (..., act) -> (...).
+
+    α is detached in the first term and the entropy in the second, so the two
+    train disjoint parameters (network, temperature) in one backward pass.
+    """
+    nll = -log_prob(mean, log_std, actions)
+    entropy = entropy_estimate(mean, log_std)
+    return nll - alpha.detach() * entropy + alpha * (entropy.detach() - target_entropy(action_dim))
+
+
 def network_parameters(model: nn.Module) -> Iterator[nn.Parameter]:
     """Every parameter but the learned temperature: what weight decay and gradient clipping act on."""
     return (p for name, p in model.named_parameters() if name.rsplit(".", 1)[-1] != TEMPERATURE)
@@ -80,21 +93,16 @@ def temperature(model: nn.Module) -> torch.Tensor:
 
 
 def stochastic_action_loss(model: nn.Module, batch: Batch, dist: Dist = Dist()) -> torch.Tensor:
-    """NLL − α·entropy on real steps, plus the temperature loss α·(entropy − target) (entropy held fixed).
+    """:func:`per_step_loss` averaged over real steps.
 
-    The two terms touch disjoint parameters (α is detached in the first), so one
-    backward pass trains both. Under DDP the per-step mean is the union batch's,
-    as in :func:`dtrl.train.action_loss`.
+    Under DDP the per-step mean is the union batch's, as in :func:`dtrl.train.action_loss`.
     """
     net = unwrap(model)
     mean, log_std = model(
         batch.returns_to_go, batch.states, batch.actions, batch.timesteps, batch.mask, distribution=True
     )
     mean, log_std = mean[batch.mask].float(), log_std[batch.mask].float()
-    nll = -log_prob(mean, log_std, batch.actions[batch.mask])
-    entropy = entropy_estimate(mean, log_std)
-    alpha = temperature(net)
-    per_step = nll - alpha.detach() * entropy + alpha * (entropy.detach() - target_entropy(net.config.action_dim))
+    per_step = per_step_loss(mean, log_std, batch.actions[batch.mask], temperature(net), net.config.action_dim)
     if not dist.enabled:
         return per_step.mean()
     total = per_step.sum()

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+
 class CausalConvMixer(nn.Module):
     """Causal depthwise convolution over the token sequence, one filter bank per token type."""
 

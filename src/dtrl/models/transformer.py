@@ -86,7 +86,8 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-LayerNorm block; the token mixer is causal self-attention (``attn``) or a causal convolution (``conv``)."""
+    """Pre-LayerNorm block; the token mixer is causal self-attention (``token_mixer="attention"``) or a causal
+    convolution (``"conv"``, :class:`~dtrl.models.mixers.CausalConvMixer`)."""
 
     def __init__(
         self,
@@ -112,10 +113,8 @@ class Block(nn.Module):
     def forward(
         self, x: torch.Tensor, attn_mask: torch.Tensor | None, cache: KVCache | None = None
     ) -> torch.Tensor:
-        if cache is not None:
-            x = x + self.attn(self.ln_1(x), attn_mask, cache)
-        else:
-            x = x + (self.attn if self.uses_attention else self.conv)(self.ln_1(x), attn_mask)
+        h = self.ln_1(x)
+        x = x + (self.attn(h, attn_mask, cache) if self.uses_attention else self.conv(h, attn_mask))
         return x + self.mlp(self.ln_2(x))
 
 
