@@ -81,14 +81,19 @@ def _stacked_run(dataset, cfg: ModelConfig, config: TrainConfig, steps: int):
     return np.array(losses), np.array(norms), stacked
 
 
-@pytest.mark.parametrize("discrete", [False, True], ids=["continuous", "discrete"])
-def test_stacked_seeds_train_like_separate_runs(pendulum_dataset, tiny_model_config: ModelConfig, discrete: bool):
+@pytest.mark.parametrize("head", ["continuous", "discrete", "stochastic"])
+def test_stacked_seeds_train_like_separate_runs(pendulum_dataset, tiny_model_config: ModelConfig, head: str, monkeypatch):
     """Same init, same batches, dropout 0: after 8 steps every seed's weights equal its separate run's,
-    with per-seed gradient clipping active at every step (a global clip would scale all seeds alike)."""
+    with per-seed gradient clipping active at every step (a global clip would scale all seeds alike).
+    The stochastic head (Online DT) trains its own temperature per seed; its entropy estimate's noise is zeroed."""
+    discrete = head == "discrete"
     dataset = _discrete_dataset() if discrete else pendulum_dataset
     cfg = tiny_model_config
     if discrete:
         cfg = dataclasses.replace(cfg, observation_dim=4, action_dim=2, discrete=True)
+    if head == "stochastic":
+        cfg = dataclasses.replace(cfg, stochastic_policy=True)
+        monkeypatch.setattr(torch, "randn_like", torch.zeros_like)
     config = TrainConfig(batch_size=8, learning_rate=1e-3, warmup_steps=3, grad_clip=CLIP)
     steps = 8
     losses, norms, stacked = _stacked_run(dataset, cfg, config, steps)
