@@ -116,3 +116,22 @@ def test_learning_rate_warms_up_then_stays_or_follows_a_cosine_to_a_tenth():
     assert learning_rate_factor(7, TrainConfig(warmup_steps=0, lr_decay="none")) == 1.0
     with pytest.raises(DtrlError, match="lr_decay='linear': choose"):
         TrainConfig(lr_decay="linear").validate()
+
+
+def test_weight_decay_matrices_only_spares_biases_norms_and_embeddings(tiny_model_config):
+    import dataclasses
+
+    from dtrl.models import DecisionTransformer
+    from dtrl.train import build_optimizer
+
+    model = DecisionTransformer(dataclasses.replace(tiny_model_config, stochastic_policy=True))
+    names = {id(p): n for n, p in model.named_parameters()}
+    everything, _ = build_optimizer(model, TrainConfig(weight_decay=0.1))
+    assert [len(g["params"]) for g in everything.param_groups] == [len(names) - 1, 1]  # the temperature alone
+    minGPT, _ = build_optimizer(model, TrainConfig(weight_decay=0.1, weight_decay_matrices_only=True))
+    decayed, spared = ({names[id(p)] for p in g["params"]} for g in minGPT.param_groups)
+    assert minGPT.param_groups[0]["weight_decay"] == 0.1 and minGPT.param_groups[1]["weight_decay"] == 0.0
+    assert decayed | spared == set(names.values()) and not decayed & spared
+    assert "embed_state.weight" in decayed and "action_head.weight" in decayed
+    assert {"embed_timestep.weight", "embed_ln.weight", "embed_state.bias", "log_temperature"} <= spared
+    assert all(n.endswith("weight") and "ln" not in n for n in decayed)

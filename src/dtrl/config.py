@@ -120,6 +120,9 @@ class TrainConfig:
     """Gradient steps."""
     learning_rate: float = 1e-4
     weight_decay: float = 1e-4
+    weight_decay_matrices_only: bool = False
+    """Decay only the weight matrices of linear and convolution layers, sparing biases, LayerNorms and
+    embeddings (minGPT; the paper's Atari code); false: every parameter (the paper's gym code)."""
     betas: tuple[float, float] = (0.9, 0.999)
     warmup_steps: int = 10_000
     """Linear learning-rate warm-up from 0; then constant, or decayed by ``lr_decay``."""

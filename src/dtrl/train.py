@@ -109,12 +109,18 @@ def build_optimizer(
 ) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
     """AdamW with the learning rate of :func:`learning_rate_factor`.
 
-    A stochastic policy's learned temperature is a second parameter group, without weight decay.
+    Parameters without weight decay (a stochastic policy's learned temperature; with
+    ``weight_decay_matrices_only`` also biases, LayerNorms and embeddings) form a second group.
     """
-    params: Any = model.parameters()
-    if distributed.unwrap(model).config.stochastic_policy:
-        alpha = [p for name, p in model.named_parameters() if name.rsplit(".", 1)[-1] == TEMPERATURE]
-        params = [{"params": list(network_parameters(model))}, {"params": alpha, "weight_decay": 0.0}]
+    network = list(network_parameters(model))
+    spared = [p for name, p in model.named_parameters() if name.rsplit(".", 1)[-1] == TEMPERATURE]
+    if config.weight_decay_matrices_only:
+        matrices = {id(m.weight) for m in model.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))}
+        spared = [p for p in network if id(p) not in matrices] + spared
+        network = [p for p in network if id(p) in matrices]
+    params: list[dict[str, Any]] = [{"params": network}]
+    if spared:
+        params.append({"params": spared, "weight_decay": 0.0})
     if fused is None:  # one kernel for every parameter's update where the device has one: same maths, fewer passes
         fused = next(model.parameters()).device.type in ("cpu", "cuda")
     optimizer = torch.optim.AdamW(
