@@ -7,10 +7,10 @@ transition, then the paper's trajectory subset), train a DT and a BC model
 ``configs/atari_<game>.yaml`` with the overrides given, and evaluate each in
 parallel ALE envs with DQN-replay's wrappers next to a uniformly random
 policy, reporting the gamer-normalised score. Each model is evaluated twice
-on the same seeds: at the end of training with the most likely action
-(full recompute of the last K steps), then with actions sampled from the
-predicted distribution as the paper's Atari evaluation does (decoded with the
-key/value cache). Writes ``results/<out-name>.json``.
+on the same seeds: at the end of training with the most likely action, then
+with actions sampled from the predicted distribution as the paper's Atari
+evaluation does (both decoded with the key/value cache). Writes
+``results/<out-name>.json``.
 
     OMP_NUM_THREADS=1 python benchmarks/atari.py --game breakout --agent-steps 100000 \\
         --transitions 50000 --steps 400 --batch-size 16 --seeds 0 --episodes 10 --max-episode-steps 2000
@@ -61,6 +61,7 @@ def main() -> None:
     p.add_argument("--work-dir", type=Path, default=Path("runs/atari-bench"))
     p.add_argument("--out-name", default="atari", help="results/<name>.json")
     p.add_argument("--reuse-runs", action="store_true", help="keep finished runs (with eval.json) in --work-dir")
+    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="more config overrides, for every run")
     args = p.parse_args()
     torch.set_num_threads(1)
     env_id = f"ALE/{args.game.capitalize()}-v5"
@@ -96,6 +97,7 @@ def main() -> None:
             ]
             if args.context_length:
                 overrides.append(f"model.context_length={args.context_length}")
+            overrides += args.set
             row: dict = {"method": method, "seed": seed, "target_return": target}
             t1 = time.perf_counter()
             if not (args.reuse_runs and (run_dir / "eval.json").is_file()):
