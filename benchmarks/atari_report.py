@@ -61,8 +61,17 @@ def result_rows(game: str, result: dict) -> list[str]:
     rows.append(
         f"| {game.capitalize()} | uniformly random | — | {rand['return_mean']:.1f} | {rand['gamer_normalised']:.2f} | — | 0 |"
     )
-    rows.append(f"| {game.capitalize()} | DT above BC on | | {int(np.sum(dt > bc))} of {len(dt)} seeds | | | |")
+    diff = paired_differences(result)
+    half = 1.96 * diff.std(ddof=1) / np.sqrt(len(diff))
+    rows.append(f"| {game.capitalize()} | DT − BC | | above on {int(np.sum(dt > bc))} of {len(dt)} seeds; per paired episode "
+                f"{diff.mean():+.1f} ± {half:.1f} (95% CI, {len(diff)} pairs) | | | |")
     return rows
+
+
+def paired_differences(result: dict) -> np.ndarray:
+    """DT's return minus BC's on the same evaluation episode (same training seed, same env seed)."""
+    by_key = {(r["method"], r["seed"]): np.asarray(r["sampled"]["returns"]) for r in result["runs"]}
+    return np.concatenate([by_key["DT", seed] - by_key["BC", seed] for method, seed in by_key if method == "DT"])
 
 
 def main() -> None:
@@ -85,7 +94,10 @@ def main() -> None:
     print()
     for game, result in results.items():
         walls = [r["train_and_eval_wall_s"] for r in result["runs"] if "train_and_eval_wall_s" in r]
+        reused = len(result["runs"]) - len(walls)
         span = f"training + evaluation {min(walls):.0f}-{max(walls):.0f} s per run, " if walls else ""
+        if reused:
+            span += f"{reused} of {len(result['runs'])} runs reused from an earlier, interrupted call (`--reuse-runs`), "
         print(f"* {game.capitalize()}: `{result['command']}` ({result['date']}; {span}{result['total_wall_s']:.0f} s "
               f"in all; load average {result.get('load_average_1_5_15min')})")
 
