@@ -53,7 +53,7 @@ def check_env_id(env_id: str) -> None:
     except gym.error.Error as e:
         known = sorted(k for k in gym.registry if k.split("-")[0].lower() in env_id.lower())[:5]
         hint = f" (similar: {', '.join(known)})" if known else "; `python -c \"import gymnasium; gymnasium.pprint_registry()\"` lists them"
-        raise DtrlError(f"unknown environment id {env_id!r}: {str(e).splitlines()[0]}{hint}") from None
+        raise DtrlError(f"unknown environment id {env_id!r}: {str(e).splitlines()[0].rstrip('.')}{hint}") from None
     if "mujoco" in str(spec.entry_point):
         quiet_mujoco_warnings()
 

@@ -35,6 +35,7 @@ from dtrl.checkpoint import PolicySpec, latest_checkpoint, load_policy_files, sa
 from dtrl.config import FinetuneConfig, TrainConfig
 from dtrl.data.episodes import Episode, EpisodeDataset, atomic_write, space_from_dict
 from dtrl.data.sampler import Normalizer, SegmentSampler
+from dtrl.envs import check_env_id
 from dtrl.errors import DtrlError
 from dtrl.evaluate import EpisodeRecorder, EvalResult, evaluate, rollout
 from dtrl.models import DecisionTransformer
@@ -85,6 +86,7 @@ def collect(
     reward; episodes are cut (truncated) after ``max_steps`` steps. The episodes record
     env-unit actions and the rewards earned, never the conditioning target.
     """
+    check_env_id(env_id)  # a one-line error for an unknown id; registers the ALE games
     limit = gym.spec(env_id).max_episode_steps or spec.model.max_episode_length
     policy = DecisionTransformerPolicy(model, spec, next(model.parameters()).device)
     policy.sample_actions(generator=generator)
