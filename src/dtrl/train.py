@@ -410,8 +410,7 @@ def evaluate_and_log(
     step: int,
 ) -> list[EvalResult]:
     """Evaluate ``model`` in the run's env at its targets, log the returns at ``step``, leave it in train mode."""
-    # The KV cache snapshots the weights at reset(), so it is exact for this evaluation (tested equal to a full recompute).
-    policy = DecisionTransformerPolicy(model, spec, device, kv_cache=True)
+    policy = DecisionTransformerPolicy(model, spec, device)  # the paper's protocol: the last K steps recomputed
     if config.eval_sample_actions and policy.has_distribution:
         policy.sample_actions(config.seed)
     results = evaluate(
