@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 import dtrl
+from dtrl.data.episodes import atomic_write
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -56,11 +57,13 @@ def drop_page_cache(*paths: Path) -> None:
                 os.close(fd)
 
 
-def save(name: str, results: dict[str, Any]) -> Path:
-    """Write ``results/NAME.json`` (environment + results) and print it."""
+def save(name: str, results: dict[str, Any], echo: bool = True) -> Path:
+    """Write ``results/NAME.json`` (environment + results; a ``results["environment"]`` replaces
+    the plain one) atomically, and print it unless ``echo`` is false."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
     text = json.dumps({"environment": environment(), **results}, indent=2)
-    path.write_text(text + "\n")
-    print(text)
+    atomic_write(path, lambda f: f.write((text + "\n").encode()))
+    if echo:
+        print(text)
     return path

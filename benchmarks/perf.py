@@ -62,7 +62,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, environment  # noqa: E402
+from common import RESULTS, environment, save  # noqa: E402
 
 from dtrl.checkpoint import PolicySpec  # noqa: E402
 from dtrl.config import TrainConfig  # noqa: E402
@@ -497,11 +497,8 @@ def main() -> None:
     import d3rlpy
     import transformers
 
-    env = environment()
-    env["versions"].update({"d3rlpy": d3rlpy.__version__, "transformers": transformers.__version__,
-                            "gymnasium": gym.__version__})
-    env["threads"] = args.threads
-    env["OMP_WAIT_POLICY"] = os.environ["OMP_WAIT_POLICY"]
+    env = run_environment(args, d3rlpy=d3rlpy.__version__, transformers=transformers.__version__,
+                          gymnasium=gym.__version__)
     median = {k: round(statistics.median(v), 2) for k, v in train.items()}
     result = {
         "environment": env,
@@ -517,30 +514,35 @@ def main() -> None:
         "latency_ms_per_action_all_rounds": {k: [round(x, 4) for x in v] for k, v in lat.items()},
         "peak_memory_mb": memory,
     }
-    path = RESULTS / f"perf_{device.type}.json"
-    text = json.dumps(result, indent=2) + "\n"
-    atomic_write(path, lambda f: f.write(text.encode()))
+    publish(f"perf_{device.type}", result, echo=False)
+
+
+def run_environment(args: argparse.Namespace, **versions: str) -> dict[str, Any]:
+    """:func:`common.environment` plus what every perf number depends on: threads, OMP's wait policy, peers' versions."""
+    env = environment()
+    env["versions"].update(versions)
+    env["threads"] = args.threads
+    env["OMP_WAIT_POLICY"] = os.environ["OMP_WAIT_POLICY"]
+    return env
+
+
+def publish(name: str, result: dict[str, Any], echo: bool = True) -> None:
+    """Write ``results/NAME.json`` (atomically, :func:`common.save`), then redraw perf.md from every result."""
+    path = save(name, result, echo=echo)
     render()
     print(f"wrote {path} and {RESULTS / 'perf.md'}")
 
 
 def stacked_main(args: argparse.Namespace, dataset: EpisodeDataset, device: torch.device) -> None:
     """``--stacked``: the stacked-seeds measurement alone, with the context every result carries."""
-    env = environment()
-    env["threads"] = args.threads
-    env["OMP_WAIT_POLICY"] = os.environ["OMP_WAIT_POLICY"]
     result = {
-        "environment": env,
+        "environment": run_environment(args),
         "settings": {"config": "paper gym: K=20, 3 layers, 1 head, 128 wide, MLP 512, relu, dropout 0.1, batch 64 per seed",
                      "dataset": "dtrl quickstart (Hopper-v5)", "seconds": args.seconds, "rounds": args.rounds,
                      "device": args.device},
         **measure_stacked(dataset, device, args.precision, args.stacked, args.seconds, args.rounds),
     }
-    path = RESULTS / f"perf_stacked_{device.type}.json"
-    text = json.dumps(result, indent=2) + "\n"
-    atomic_write(path, lambda f: f.write(text.encode()))
-    render()
-    print(text + f"wrote {path} and {RESULTS / 'perf.md'}")
+    publish(f"perf_stacked_{device.type}", result)
 
 
 def latency_main(args: argparse.Namespace, dataset: EpisodeDataset, device: torch.device) -> None:
@@ -550,12 +552,8 @@ def latency_main(args: argparse.Namespace, dataset: EpisodeDataset, device: torc
 
     latency_ms, lat = measure_latency(dataset, device, args.rounds, d3rlpy_dt(dataset, device)[0],
                                       HFWindowPolicy(dataset, device))
-    env = environment()
-    env["versions"].update({"d3rlpy": d3rlpy.__version__, "transformers": transformers.__version__})
-    env["threads"] = args.threads
-    env["OMP_WAIT_POLICY"] = os.environ["OMP_WAIT_POLICY"]
     result = {
-        "environment": env,
+        "environment": run_environment(args, d3rlpy=d3rlpy.__version__, transformers=transformers.__version__),
         "settings": {"config": "paper gym: K=20, 3 layers, 1 head, 128 wide, MLP 512, relu; Hopper-v5 shapes (11, 3)",
                      "stream": "300 steps, one episode per method and round", "rounds": args.rounds,
                      "device": args.device},
@@ -563,11 +561,7 @@ def latency_main(args: argparse.Namespace, dataset: EpisodeDataset, device: torc
         "ratio_to_d3rlpy": {k: round(v / latency_ms["d3rlpy"], 3) for k, v in latency_ms.items()},
         "latency_ms_per_action_all_rounds": {k: [round(x, 4) for x in v] for k, v in lat.items()},
     }
-    path = RESULTS / f"perf_latency_{device.type}.json"
-    text = json.dumps(result, indent=2) + "\n"
-    atomic_write(path, lambda f: f.write(text.encode()))
-    render()
-    print(text + f"wrote {path} and {RESULTS / 'perf.md'}")
+    publish(f"perf_latency_{device.type}", result)
 
 
 def render() -> None:
