@@ -7,10 +7,10 @@ transition, then the paper's trajectory subset), train a DT and a BC model
 ``configs/atari_<game>.yaml`` with the overrides given, and evaluate each in
 parallel ALE envs with DQN-replay's wrappers next to a uniformly random
 policy, reporting the gamer-normalised score. Each model is evaluated twice
-on the same seeds: at the end of training with the most likely action, then
-with actions sampled from the predicted distribution as the paper's Atari
-evaluation does (both decoded with the key/value cache). Writes
-``results/<out-name>.json``.
+on the same seeds: at the end of training with the most likely action
+(full recompute of the last K steps), then with actions sampled from the
+predicted distribution as the paper's Atari evaluation does (decoded with the
+key/value cache). Writes ``results/<out-name>.json``.
 
     OMP_NUM_THREADS=1 python benchmarks/atari.py --game breakout --agent-steps 100000 \\
         --transitions 50000 --steps 400 --batch-size 16 --seeds 0 --episodes 10 --max-episode-steps 2000
