@@ -105,6 +105,11 @@ def test_unknown_env_id(trained_run):
     assert_user_error(dtrl("eval", out, "--env", "Hopper-v99", "-r", "1"), "unknown environment id 'Hopper-v99'")
 
 
+def test_a_missing_checkpoint_is_named_by_every_command(tmp_path: Path):
+    for command in (["calibrate"], ["finetune"]):
+        assert_user_error(dtrl(*command, tmp_path / "nothing"), "no checkpoint at", "give a run directory")
+
+
 def test_checkpoint_that_does_not_fit_the_env(trained_run):
     out, _ = trained_run
     assert_user_error(dtrl("eval", out, "--env", "CartPole-v1", "-r", "1"), "observations of size 4", "expects 3")

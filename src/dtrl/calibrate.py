@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from dtrl.checkpoint import resolve_policy_dir
 from dtrl.data.episodes import EpisodeDataset, atomic_write
 from dtrl.errors import DtrlError
 from dtrl.evaluate import evaluate
@@ -36,6 +37,7 @@ def calibration_targets(best: float, worst: float, points: int) -> list[float]:
 def dataset_of(path: str | Path, dataset: str | None = None) -> EpisodeDataset:
     """The dataset a policy was trained on: ``dataset`` if given, else the one in its training config."""
     if not dataset:
+        resolve_policy_dir(path)  # a path without a checkpoint says so, rather than that its config is missing
         config = training_config(path)
         dataset = config.dataset if config is not None else None
     if not dataset:
