@@ -433,19 +433,21 @@ class ExportFormat(str, Enum):
     policy = "policy"
     torchscript = "torchscript"
     onnx = "onnx"
+    transformers = "transformers"
 
 
 @app.command(
     epilog="Examples:\n\n  dtrl export runs/quickstart --format policy --out shared/hopper-dt\n\n"
     "  dtrl export runs/quickstart --format torchscript --out exported\n\n"
-    "  dtrl export runs/quickstart --format onnx --out exported   (run it with onnxruntime)",
+    "  dtrl export runs/quickstart --format onnx --out exported   (run it with onnxruntime)\n\n"
+    "  dtrl export runs/quickstart --format transformers --out hf-dt   (DecisionTransformerModel.from_pretrained)",
 )
 def export(
     checkpoint: Path = typer.Argument(..., help="Run directory, checkpoint or policy directory."),
     format: ExportFormat = typer.Option(ExportFormat.policy, "--format", "-f", help="What to write."),
     out: Path = typer.Option(..., "--out", help="Directory to write into (created if missing)."),
 ) -> None:
-    """Export a policy to share: a policy directory, TorchScript or ONNX, each with a model card."""
+    """Export a policy to share: a policy directory, TorchScript, ONNX or transformers, each with a model card."""
     from dtrl.export import export as run_export
 
     command = " ".join(["dtrl", *sys.argv[1:]])

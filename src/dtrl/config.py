@@ -51,7 +51,11 @@ class ModelConfig:
     mlp_ratio: int = 4
     """Hidden width of each block's MLP, as a multiple of n_embd."""
     activation: str = "relu"
-    """MLP activation: relu (the paper's gym setting) or gelu."""
+    """MLP activation: relu (the paper's gym setting), gelu (tanh approximation, GPT-2's and
+    transformers' gelu_new) or gelu_exact (the erf form, transformers' gelu)."""
+    layer_norm_epsilon: float = 1e-5
+    """Epsilon of the transformer blocks' and the final LayerNorm (transformers' layer_norm_epsilon);
+    the embedding LayerNorm keeps 1e-5, as in transformers' Decision Transformer."""
     dropout: float = 0.1
     condition_on_return: bool = True
     """False drops the return-to-go tokens: behaviour cloning with the same transformer (the BC baseline)."""
@@ -76,8 +80,10 @@ class ModelConfig:
             raise DtrlError(f"model.n_embd={self.n_embd} must be divisible by model.n_head={self.n_head}")
         if not 0.0 <= self.dropout < 1.0:
             raise DtrlError(f"model.dropout={self.dropout} must lie in [0, 1)")
-        if self.activation not in ("relu", "gelu"):
-            raise DtrlError(f"model.activation={self.activation!r}: choose 'relu' or 'gelu'")
+        if self.activation not in ("relu", "gelu", "gelu_exact"):
+            raise DtrlError(f"model.activation={self.activation!r}: choose 'relu', 'gelu' or 'gelu_exact'")
+        if not self.layer_norm_epsilon > 0:
+            raise DtrlError(f"model.layer_norm_epsilon={self.layer_norm_epsilon} must be > 0")
         if self.token_mixer not in ("attention", "conv"):
             raise DtrlError(f"model.token_mixer={self.token_mixer!r}: choose 'attention' or 'conv'")
         _positive(self, "conv_kernel_size")
@@ -113,6 +119,9 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     top_fraction: float = 1.0
     """Train on this fraction of episodes, highest returns first (0.1 with model.condition_on_return=false: %BC)."""
+    val_fraction: float = 0.0
+    """Hold out this fraction of whole episodes (at least one, chosen with ``seed``, listed in the run's
+    val_episodes.json) for val/loss, logged every log_every steps; 0: train on every episode."""
     reward_scale: float = 1000.0
     """Returns-to-go are divided by this inside the model (1000 for gym, 1 for Atari)."""
     batch_size: int = 64
@@ -156,6 +165,8 @@ class TrainConfig:
                 raise DtrlError(f"{name}={getattr(self, name)} must be > 0")
         if not 0.0 < self.top_fraction <= 1.0:
             raise DtrlError(f"top_fraction={self.top_fraction} must lie in (0, 1]")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise DtrlError(f"val_fraction={self.val_fraction} must lie in [0, 1)")
         if self.lr_decay not in ("none", "cosine"):
             raise DtrlError(f"lr_decay={self.lr_decay!r}: choose 'none' or 'cosine'")
         if self.precision not in ("fp32", "bf16"):

@@ -1,4 +1,4 @@
-"""Share a trained policy: a policy directory with a model card, TorchScript or ONNX.
+"""Share a trained policy: a policy directory with a model card, TorchScript, ONNX or transformers.
 
 ``policy`` copies ``config.json`` + ``model.safetensors`` (what :func:`dtrl.load`
 reads) and writes a ``README.md`` model card: dataset, score, commands.
@@ -6,7 +6,8 @@ reads) and writes a ``README.md`` model card: dataset, score, commands.
 :class:`WindowPolicy`, that needs neither dtrl nor Python's torch on the other
 side (ONNX): it takes the last K steps in the environment's own units, with
 the state normalisation, return scaling and action mapping built in, and
-returns the action for the newest step.
+returns the action for the newest step. ``transformers`` writes a
+``DecisionTransformerModel.save_pretrained`` directory (:mod:`dtrl.hf`).
 """
 
 from __future__ import annotations
@@ -23,10 +24,11 @@ from dtrl import __version__
 from dtrl.checkpoint import PolicySpec, load_policy_files, write_policy
 from dtrl.data.episodes import atomic_write
 from dtrl.errors import DtrlError
+from dtrl.hf import STATE_STATS_FILE, export_transformers
 from dtrl.models import DecisionTransformer
 from dtrl.runs import EXPORTED_CONFIG_FILE, RUN_CONFIG_FILE, final_evaluation, run_dir_of, training_config
 
-FORMATS = ("policy", "torchscript", "onnx")
+FORMATS = ("policy", "torchscript", "onnx", "transformers")
 TORCHSCRIPT_FILE = "policy.torchscript.pt"
 ONNX_FILE = "policy.onnx"
 INPUT_NAMES = ["returns_to_go", "observations", "actions", "timesteps", "mask"]
@@ -189,8 +191,15 @@ def model_card(spec: PolicySpec, source: Path, fmt: str, files: list[str], comma
             f"`onnxruntime.InferenceSession(\"{ONNX_FILE}\").run(None, {{name: array, ...}})` with the inputs",
             f"{', '.join(INPUT_NAMES)} returns the action for the newest of the last K steps; see below.",
         ],
+        "transformers": [
+            '`transformers.DecisionTransformerModel.from_pretrained("PATH/TO/THIS/DIRECTORY")` loads it; drive it as',
+            f"the transformers tutorial's `get_action` does, with K = {cfg.context_length} steps, states normalised by",
+            f"`state_mean` and `state_std` from `{STATE_STATS_FILE}` and returns-to-go divided by its `reward_scale`",
+            f"({spec.reward_scale:g}). `predict_state` and `predict_return` are zeros: dtrl trains the action head only.",
+            f"`dtrl eval PATH/TO/THIS/DIRECTORY --env {env} --target-return {target:g}` runs it in dtrl.",
+        ],
     }[fmt]
-    if fmt != "policy":
+    if fmt in ("torchscript", "onnx"):
         usage += [
             "",
             f"Inputs, K = {cfg.context_length} steps oldest first, left-padded with `mask` False while fewer exist:",
@@ -259,8 +268,10 @@ def export(source: str | Path, fmt: str, out: str | Path, command: str) -> list[
         written = [out / "config.json", out / "model.safetensors"]
     elif fmt == "torchscript":
         written = [export_torchscript(window, spec, out)]
-    else:
+    elif fmt == "onnx":
         written = [export_onnx(window, spec, out)]
+    else:
+        written = export_transformers(window.model, spec, out)
     run = run_dir_of(directory)
     config_file = run / RUN_CONFIG_FILE if run is not None else directory / EXPORTED_CONFIG_FILE
     if config_file.is_file():  # a run's config, or the copy beside a policy exported before

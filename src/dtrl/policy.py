@@ -24,6 +24,7 @@ from dtrl.data.episodes import space_from_dict
 from dtrl.data.sampler import Normalizer
 from dtrl.envs import check_fits
 from dtrl.errors import DtrlError
+from dtrl.hf import StateStats, is_transformers_dir, read_transformers
 from dtrl.models import DecisionTransformer
 from dtrl.models.decision_transformer import DecodingCache
 from dtrl.models.gaussian import sample
@@ -60,8 +61,15 @@ class DecisionTransformerPolicy:
         self._rtg: torch.Tensor | None = None
 
     @classmethod
-    def load(cls, path: str | os.PathLike, device: str = "auto", kv_cache: bool = False) -> "DecisionTransformerPolicy":
-        spec, weights, directory = load_policy_files(path)
+    def load(
+        cls, path: str | os.PathLike, device: str = "auto", kv_cache: bool = False, state_stats: StateStats | None = None
+    ) -> "DecisionTransformerPolicy":
+        """``state_stats``: for a transformers ``save_pretrained`` directory without state_stats.json
+        (see :func:`dtrl.hf.read_transformers`); dtrl's own directories carry theirs."""
+        if is_transformers_dir(path):
+            spec, weights, directory = read_transformers(path, state_stats)
+        else:
+            spec, weights, directory = load_policy_files(path)
         model = DecisionTransformer(spec.model)
         try:
             model.load_state_dict(weights, strict=True)
@@ -185,6 +193,9 @@ class DecisionTransformerPolicy:
         return action if self._batched else action[0]
 
 
-def load(path: str | os.PathLike, device: str = "auto", kv_cache: bool = False) -> DecisionTransformerPolicy:
-    """Load a policy from a run directory, a checkpoint or an exported policy directory."""
-    return DecisionTransformerPolicy.load(path, device, kv_cache)
+def load(
+    path: str | os.PathLike, device: str = "auto", kv_cache: bool = False, state_stats: StateStats | None = None
+) -> DecisionTransformerPolicy:
+    """Load a policy from a run directory, a checkpoint, an exported policy directory or a transformers
+    ``DecisionTransformerModel.save_pretrained`` directory."""
+    return DecisionTransformerPolicy.load(path, device, kv_cache, state_stats)

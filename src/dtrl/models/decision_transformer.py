@@ -59,6 +59,7 @@ class DecisionTransformer(nn.Module):
             config.token_mixer,
             config.conv_kernel_size,
             3 if config.condition_on_return else 2,
+            config.layer_norm_epsilon,
         )
         self.action_head = nn.Linear(d, config.action_dim)
         if config.stochastic_policy:  # the action head then predicts the Gaussian's mean

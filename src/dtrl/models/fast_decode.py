@@ -60,7 +60,7 @@ class _Layer:
         self.proj_w, self.proj_b = attn.proj.weight.t(), attn.proj.bias
         self.fc_w, self.fc_b = mlp.fc.weight.t(), mlp.fc.bias
         self.out_w, self.out_b = mlp.proj.weight.t(), mlp.proj.bias
-        self.relu = isinstance(mlp.act, nn.ReLU)
+        self.activation = "relu" if isinstance(mlp.act, nn.ReLU) else mlp.act.approximate  # or GELU's "tanh", "none"
         w = attn.qkv.weight
         self.keys_t = torch.zeros(batch_heads, head_dim, capacity, device=w.device, dtype=w.dtype)  # K transposed
         self.values = torch.zeros(batch_heads, capacity, head_dim, device=w.device, dtype=w.dtype)
@@ -236,7 +236,7 @@ class FastDecodingCache:
             x = torch.addmm(x, y, layer.proj_w).add_(layer.proj_b)  # x is (B * rows, C)
             w, b, eps = layer.ln_2
             h = torch.addmm(layer.fc_b, F.layer_norm(x, (C,), w, b, eps), layer.fc_w)
-            h = h.relu_() if layer.relu else F.gelu(h, approximate="tanh")
+            h = h.relu_() if layer.activation == "relu" else F.gelu(h, approximate=layer.activation)
             x = x.addmm_(h, layer.out_w).add_(layer.out_b)
         w, b, eps = self.ln_f
         pred = torch.addmm(self.head_b, F.layer_norm(x, (C,), w, b, eps), self.head_w)
@@ -265,7 +265,7 @@ class _NumpyStep:
             (
                 ln(L.ln_1), mat(scaled_queries(L.qkv_w)), _np(scaled_queries(L.qkv_b)),
                 L.keys_t.numpy().reshape(B, H, D, -1), L.values.numpy().reshape(B, H, -1, D),
-                mat(L.proj_w), _np(L.proj_b), ln(L.ln_2), mat(L.fc_w), _np(L.fc_b), L.relu, mat(L.out_w), _np(L.out_b),
+                mat(L.proj_w), _np(L.proj_b), ln(L.ln_2), mat(L.fc_w), _np(L.fc_b), L.activation, mat(L.out_w), _np(L.out_b),
             )
             for L in c.layers
         ]
@@ -304,7 +304,7 @@ class _NumpyStep:
         hi = lo + new
         mask = self.masks[t if t < K else K + t % K, n - new :]
         last = len(self.layers) - 1
-        for i, (ln_1, qkv_w, qkv_b, keys_t, values, proj_w, proj_b, ln_2, fc_w, fc_b, relu, out_w, out_b) in enumerate(
+        for i, (ln_1, qkv_w, qkv_b, keys_t, values, proj_w, proj_b, ln_2, fc_w, fc_b, activation, out_w, out_b) in enumerate(
             self.layers
         ):
             qkv = np.dot(_layer_norm(x, ln_1), qkv_w)
@@ -325,7 +325,10 @@ class _NumpyStep:
             x = x + y
             h = np.dot(_layer_norm(x, ln_2), fc_w)
             h += fc_b
-            h = np.maximum(h, 0.0, out=h) if relu else _gelu_tanh(h)
+            if activation == "relu":
+                h = np.maximum(h, 0.0, out=h)
+            else:
+                h = _gelu_tanh(h) if activation == "tanh" else F.gelu(torch.from_numpy(h)).numpy()
             y = np.dot(h, out_w)
             y += out_b
             x += y

@@ -77,7 +77,7 @@ class MLP(nn.Module):
     def __init__(self, n_embd: int, ratio: int, activation: str, dropout: float) -> None:
         super().__init__()
         self.fc = nn.Linear(n_embd, ratio * n_embd)
-        self.act = nn.ReLU() if activation == "relu" else nn.GELU(approximate="tanh")
+        self.act = nn.ReLU() if activation == "relu" else nn.GELU(approximate="none" if activation == "gelu_exact" else "tanh")
         self.proj = nn.Linear(ratio * n_embd, n_embd)
         self.dropout = nn.Dropout(dropout)
 
@@ -99,15 +99,16 @@ class Block(nn.Module):
         token_mixer: str = "attention",
         conv_kernel_size: int = 6,
         tokens_per_step: int = 3,
+        layer_norm_epsilon: float = 1e-5,
     ) -> None:
         super().__init__()
-        self.ln_1 = nn.LayerNorm(n_embd)
+        self.ln_1 = nn.LayerNorm(n_embd, eps=layer_norm_epsilon)
         self.uses_attention = token_mixer == "attention"
         if self.uses_attention:
             self.attn = CausalSelfAttention(n_embd, n_head, dropout)
         else:
             self.conv = CausalConvMixer(n_embd, conv_kernel_size, tokens_per_step, dropout)
-        self.ln_2 = nn.LayerNorm(n_embd)
+        self.ln_2 = nn.LayerNorm(n_embd, eps=layer_norm_epsilon)
         self.mlp = MLP(n_embd, mlp_ratio, activation, dropout)
 
     def forward(
@@ -133,13 +134,17 @@ class Transformer(nn.Module):
         token_mixer: str = "attention",
         conv_kernel_size: int = 6,
         tokens_per_step: int = 3,
+        layer_norm_epsilon: float = 1e-5,
     ) -> None:
         super().__init__()
         self.blocks = nn.ModuleList(
-            Block(n_embd, n_head, mlp_ratio, activation, dropout, token_mixer, conv_kernel_size, tokens_per_step)
+            Block(
+                n_embd, n_head, mlp_ratio, activation, dropout, token_mixer, conv_kernel_size, tokens_per_step,
+                layer_norm_epsilon,
+            )
             for _ in range(n_layer)
         )
-        self.ln_f = nn.LayerNorm(n_embd)
+        self.ln_f = nn.LayerNorm(n_embd, eps=layer_norm_epsilon)
         self.activation_checkpointing = activation_checkpointing
 
     @property
