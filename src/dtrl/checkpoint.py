@@ -36,6 +36,8 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 TRAIN_STATE_FILE = "train_state.pt"
 LATEST_FILE = "latest"
+BEST_FILE = "best.json"
+"""In ``checkpoints/``: the checkpoint with the lowest val/loss so far (runs with val_fraction set)."""
 CHECKPOINT_DIR = "checkpoints"
 
 
@@ -112,9 +114,30 @@ def save_checkpoint(
             raise error from None
         raise
     atomic_write(root / LATEST_FILE, lambda f: f.write(final.name.encode()))
+    best = read_best(run_dir)
     for old in sorted(p for p in root.glob("step_*") if p.is_dir())[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+        if best is None or old.name != best["checkpoint"]:  # the best checkpoint outlives keep_checkpoints
+            shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def read_best(run_dir: Path) -> dict[str, Any] | None:
+    """``checkpoints/best.json`` (checkpoint name, step, val_loss), or None if the run has none."""
+    path = Path(run_dir) / CHECKPOINT_DIR / BEST_FILE
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def mark_best(run_dir: Path, checkpoint: Path, step: int, val_loss: float) -> bool:
+    """Point ``best.json`` at ``checkpoint`` if its val/loss is the lowest so far; return whether it is."""
+    best = read_best(run_dir)
+    if best is not None and best["val_loss"] <= val_loss and (checkpoint.parent / best["checkpoint"]).is_dir():
+        return False
+    record = json.dumps({"checkpoint": checkpoint.name, "step": step, "val_loss": val_loss}, indent=2).encode()
+    atomic_write(checkpoint.parent / BEST_FILE, lambda f: f.write(record))
+    return True
 
 
 def _complete(path: Path) -> bool:

@@ -169,6 +169,12 @@ def train(
     result = train_with_progress(cfg, resume=resume, overrides=parse_overrides(overrides or []))
     if result.losses:
         console.print(f"final train/loss {result.losses[-1][1]:.4f} (first logged {result.losses[0][1]:.4f})")
+    if result.val_losses:
+        from dtrl.checkpoint import read_best
+
+        best = read_best(result.run_dir) or {}
+        console.print(f"final val/loss {result.val_losses[-1][1]:.4f}; lowest at step {best.get('step')} "
+                      f"({best.get('val_loss', float('nan')):.4f}), marked in checkpoints/best.json")
     console.print(f"checkpoint: {result.checkpoint}")
     if result.eval_results:
         console.print(results_table("evaluation", result.eval_results))
@@ -195,7 +201,9 @@ def _train_stacked(cfg, seeds: str, resume: bool, overrides: dict) -> None:
     context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
     epilog="Examples:\n\n  dtrl eval runs/hopper --env Hopper-v5 --target-return 3600 1800 --episodes 100\n\n"
     "  dtrl eval runs/quickstart -r 3600 -o eval.json\n\n"
-    "  dtrl eval runs/quickstart -r 900 3600 --video videos   (one MP4 per target; pip install 'dtrl\\[video]')",
+    "  dtrl eval runs/quickstart -r 900 3600 --video videos   (one MP4 per target; pip install 'dtrl\\[video]')\n\n"
+    "  dtrl eval hf-model --env Hopper-v5 --dataset quickstart -r 900   (a transformers save_pretrained directory)\n\n"
+    "  dtrl eval runs/hopper --dataset data/hopper-expert.npz   (no simulator: the action error on its episodes)",
 )
 def eval_(
     ctx: typer.Context,
@@ -214,11 +222,17 @@ def eval_(
     kv_cache: bool = typer.Option(
         False, "--kv-cache", help="Decode incrementally with a key/value cache (faster; sliding-window attention past K)."
     ),
+    dataset: Optional[str] = typer.Option(
+        None, "--dataset", help="Without --target-return: report the action error on this dataset's episodes "
+        "(no simulator). For a transformers directory: its state statistics, unless --state-stats."
+    ),
+    state_stats: Optional[Path] = typer.Option(
+        None, "--state-stats", help="A transformers directory's state statistics: JSON with state_mean and state_std."
+    ),
 ) -> None:
-    """Evaluate a policy in the simulator at one or more target returns."""
+    """Evaluate a policy in the simulator at one or more target returns, or on a dataset's logged actions."""
     from dtrl.data.episodes import atomic_write
     from dtrl.evaluate import evaluate
-    from dtrl.policy import load
 
     targets = list(target_return or [])
     for extra in ctx.args:
@@ -226,7 +240,11 @@ def eval_(
             targets.append(float(extra))
         except ValueError:
             raise DtrlError(f"unexpected argument {extra!r}: target returns must be numbers") from None
-    policy = load(checkpoint, device, kv_cache)
+    data = _open_dataset(dataset)
+    policy = _load_policy(checkpoint, device, kv_cache, state_stats, data)
+    if data is not None and not targets:
+        _offline_eval(policy, data, output)
+        return
     env_id = env or policy.spec.env_id
     if not env_id:
         raise DtrlError("the policy records no environment: pass --env ID")
@@ -247,6 +265,37 @@ def eval_(
 
         for path in record_videos(policy, env_id, targets, video, seed):
             console.print(f"video: {path}", soft_wrap=True, highlight=False)
+
+
+def _open_dataset(source: Optional[str]):
+    from dtrl.train import open_dataset
+
+    return open_dataset(source) if source else None
+
+
+def _load_policy(checkpoint: Path, device: str, kv_cache: bool = False, state_stats: Optional[Path] = None, data=None):
+    """dtrl.load; a transformers directory's state statistics from --state-stats, else from the dataset."""
+    from dtrl.hf import dataset_state_stats, is_transformers_dir
+    from dtrl.policy import load
+
+    if state_stats is None and data is not None and is_transformers_dir(checkpoint):
+        return load(checkpoint, device, kv_cache, dataset_state_stats(data))
+    return load(checkpoint, device, kv_cache, state_stats)
+
+
+def _offline_eval(policy, data, output: Optional[Path]) -> None:
+    """``dtrl eval --dataset`` without targets: the action error on the dataset's episodes."""
+    from dtrl.data.episodes import atomic_write
+    from dtrl.validation import offline_report
+
+    report = offline_report(policy, data)
+    table = Table(title=f"{data.name}: the logged actions predicted from their returns-to-go (no simulator)")
+    for col in ("episodes", "steps", f"action error ({report['loss']})"):
+        table.add_column(col, justify="right")
+    table.add_row(str(report["episodes"]), str(report["steps"]), f"{report['action_error']:.4f}")
+    console.print(table)
+    if output:
+        atomic_write(output, lambda f: f.write(json.dumps(report, indent=2).encode()))
 
 
 _FT = FinetuneConfig()
@@ -392,13 +441,12 @@ def calibrate(
 ) -> None:
     """Sweep target returns and record the achieved return: calibration.json, drawn by `dtrl plot`."""
     from dtrl.calibrate import CALIBRATION_FILE, calibrate as run_calibration, dataset_of, write_calibration
-    from dtrl.policy import load
 
-    policy = load(checkpoint, device)
+    data = dataset_of(checkpoint, dataset)
+    policy = _load_policy(checkpoint, device, data=data)
     env_id = env or policy.spec.env_id
     if not env_id:
         raise DtrlError("the policy records no environment: pass --env ID")
-    data = dataset_of(checkpoint, dataset)
     with eval_progress(env_id, points * episodes) as on_step:
         report = run_calibration(policy, env_id, data, points, episodes, seed, on_step)
     table = Table(title=f"{env_id}: return calibration")

@@ -39,7 +39,7 @@ from safetensors.torch import load_file
 
 from dtrl.checkpoint import CONFIG_FILE, PolicySpec
 from dtrl.config import ModelConfig
-from dtrl.data.episodes import atomic_write, space_to_dict
+from dtrl.data.episodes import EpisodeDataset, atomic_write, space_to_dict
 from dtrl.errors import DtrlError
 
 MODEL_TYPE = "decision_transformer"
@@ -89,6 +89,12 @@ def read_state_stats(source: StateStats, state_dim: int) -> dict[str, Any]:
             raise DtrlError("state statistics: every state_std must be > 0")
         stats[key] = values.tolist()
     return stats
+
+
+def dataset_state_stats(dataset: EpisodeDataset) -> dict[str, Any]:
+    """State statistics from a dataset, as the transformers tutorial computes them (std + 1e-6), with its env."""
+    mean, std = dataset.state_statistics()
+    return {"state_mean": mean.tolist(), "state_std": std.tolist(), "env_id": dataset.env_id, "dataset": dataset.name}
 
 
 def _read_weights(directory: Path) -> dict[str, torch.Tensor]:

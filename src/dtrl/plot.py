@@ -27,6 +27,12 @@ CALIBRATION_FILE = "calibration.json"
 CURVES_PNG = "learning_curves.png"
 CALIBRATION_PNG = "calibration.png"
 _SEED_KEYS = ("seed", "out_dir")
+LOSS_KEYS = ("train/loss", "val/loss")
+"""Drawn in one panel, "loss": the held-out episodes' loss beside the training loss."""
+
+
+def _panel(key: str) -> str:
+    return "loss" if key in LOSS_KEYS else key.split("@")[0]
 
 
 def read_metrics(run: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -102,30 +108,31 @@ def plot_seeds(ax: Any, curves: list[tuple[np.ndarray, np.ndarray]], label: str,
 
 
 def plot_learning_curves(groups: dict[str, list[Path]], out: Path) -> Path:
-    """The training loss, then one panel per evaluation metric with a line per target return."""
+    """The training (and validation) loss, then one panel per evaluation metric with a line per target return."""
     import matplotlib.pyplot as plt
 
     metrics = {label: [read_metrics(r) for r in runs] for label, runs in groups.items()}
-    keys = {k for runs in metrics.values() for m in runs for k in m if k == "train/loss" or k.startswith("eval/")}
+    keys = {k for runs in metrics.values() for m in runs for k in m if k in LOSS_KEYS or k.startswith("eval/")}
     if not keys:
         raise DtrlError("the runs logged no train/loss or eval/ metrics yet: train for at least log_every steps")
-    panels = sorted({k.split("@")[0] for k in keys}, key=lambda k: (k != "train/loss", k))
+    panels = sorted({_panel(k) for k in keys}, key=lambda k: (k != "loss", k))
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for ax, panel in zip(axes[0], panels):
-        series = sorted((k for k in keys if k.split("@")[0] == panel), key=lambda k: float(k.split("@")[1]) if "@" in k else 0)
+        series = sorted((k for k in keys if _panel(k) == panel), key=lambda k: float(k.split("@")[1]) if "@" in k else k)
         i = 0
         for label, runs in metrics.items():
             for key in series:
                 curves = [m[key] for m in runs if key in m]
                 if curves:
                     name = f"{label}, target {key.split('@')[1]}" if "@" in key else label
+                    name = f"{name}, {key}" if panel == "loss" else name
                     plot_seeds(ax, curves, name, colors[i % len(colors)])
                     i += 1
         ax.set_title(panel)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
-        if panel == "train/loss":
+        if panel == "loss":
             ax.set_yscale("log")
         ax.legend(fontsize=8)
     fig.tight_layout()

@@ -414,6 +414,8 @@ def _check_supported(config: TrainConfig) -> None:
             "model.activation_checkpointing does not work inside torch.func.vmap: "
             "set it to false for stacked seeds, or train the seeds one by one"
         )
+    if config.val_fraction:
+        raise DtrlError("val_fraction is for single runs: train without --seeds, or set val_fraction=0")
     if config.compile:
         log.warning("compile=true is not used for stacked seeds: the vmapped step runs eagerly")
     if config.wandb:

@@ -31,6 +31,7 @@ from dtrl.checkpoint import (
     latest_checkpoint,
     load_policy_files,
     load_train_state,
+    mark_best,
     remove_partial_writes,
     save_checkpoint,
 )
@@ -46,6 +47,7 @@ from dtrl.models import DecisionTransformer
 from dtrl.models.gaussian import TEMPERATURE, network_parameters, stochastic_action_loss, temperature
 from dtrl.policy import DecisionTransformerPolicy, pick_device
 from dtrl.tracking import start_wandb, write_run_info
+from dtrl.validation import ActionError, hold_out, validation_split
 
 QUICKSTART_DATASET = "quickstart"
 RUN_CONFIG_FILE = "config.yaml"
@@ -363,13 +365,14 @@ class TrainResult:
     checkpoint: Path
     losses: list[tuple[int, float]] = field(default_factory=list)
     eval_results: list[EvalResult] = field(default_factory=list)
+    val_losses: list[tuple[int, float]] = field(default_factory=list)
 
 
 @dataclass
 class RunData:
     """What a run needs from its dataset: the episodes, the evaluation env, the normalisation,
-    the model config filled in from the data's spaces, the checkpoints' policy spec and the
-    returns to evaluate at."""
+    the model config filled in from the data's spaces, the checkpoints' policy spec, the
+    returns to evaluate at and the held-out episodes (``val_fraction``; None without)."""
 
     dataset: EpisodeDataset
     env_id: str
@@ -377,10 +380,16 @@ class RunData:
     model_config: ModelConfig
     spec: PolicySpec
     targets: list[float]
+    validation: EpisodeDataset | None = None
 
     @classmethod
-    def load(cls, config: TrainConfig) -> "RunData":
+    def load(cls, config: TrainConfig, resume: bool = False) -> "RunData":
+        """``resume``: reuse the run's saved validation split rather than draw it."""
         dataset = open_dataset(config.dataset).top_episodes(config.top_fraction)
+        validation = None
+        if config.val_fraction:
+            held_out = validation_split(Path(config.out_dir), dataset.num_episodes, config.val_fraction, config.seed, resume)
+            dataset, validation = hold_out(dataset, held_out)
         env_id = config.env or dataset.env_id
         if env_id:
             check_env_id(env_id)
@@ -397,7 +406,7 @@ class RunData:
             dataset=dataset.name,
         )
         targets = config.target_returns or [float(dataset.episode_returns.max())]
-        return cls(dataset, env_id, normalizer, model_config, spec, targets)
+        return cls(dataset, env_id, normalizer, model_config, spec, targets, validation)
 
 
 def evaluate_and_log(
@@ -489,7 +498,7 @@ def _train(
     device = dist.device(pick_device(config.device))
     torch.manual_seed(config.seed)
 
-    data = RunData.load(config)
+    data = RunData.load(config, resume)  # every rank draws the same split: it is seeded
     env_id, model_config, spec = data.env_id, data.model_config, data.spec
     rank_seed = distributed.rank_seed(config.seed, dist.rank)
     sampler = SegmentSampler(
@@ -504,8 +513,13 @@ def _train(
     if resume and (ckpt := dist.share(lambda: latest_checkpoint(run_dir))) is not None:
         step = restore_checkpoint(ckpt, model, optimizer, scheduler, sampler, device, dist, config.seed)
 
-    def checkpoint() -> Path:
-        """Written by rank 0, with every rank's random streams (rank 0's at the top level)."""
+    val_error = None
+    if data.validation is not None and dist.is_main:
+        val_error = ActionError(data.validation, model_config.context_length, config.reward_scale, data.normalizer, device)
+
+    def checkpoint(val_loss: float | None = None) -> Path:
+        """Written by rank 0, with every rank's random streams (rank 0's at the top level); with a
+        validation split, marked in best.json when its val/loss (``val_loss``, or computed) is the lowest."""
         spec.step = step
         streams = dist.gather(rng_state(sampler, device))
 
@@ -518,7 +532,10 @@ def _train(
                 "world_size": dist.world_size,
                 "other_ranks": streams[1:],
             }
-            return save_checkpoint(run_dir, step, spec, model.state_dict(), state, config.keep_checkpoints)
+            path = save_checkpoint(run_dir, step, spec, model.state_dict(), state, config.keep_checkpoints)
+            if val_error is not None:
+                mark_best(run_dir, path, step, val_loss if val_loss is not None else val_error(model))
+            return path
 
         return dist.share(save)
 
@@ -550,9 +567,13 @@ def _train(
                 ) from None
             step += 1
             window.append(value)
+            val_loss = None
             if step % config.log_every == 0 or step == config.steps:
                 now = time.perf_counter()
                 mean_loss = float(np.mean(window))
+                if val_error is not None:
+                    val_loss = val_error(model)
+                    result.val_losses.append((step, val_loss))
                 logger.log(
                     step,
                     {
@@ -561,6 +582,7 @@ def _train(
                         "train/grad_norm": float(grad_norm),
                         "train/steps_per_second": len(window) / (now - tick),
                         **({"train/temperature": temperature(model).item()} if model_config.stochastic_policy else {}),
+                        **({"val/loss": val_loss} if val_loss is not None else {}),
                     },
                 )
                 result.losses.append((step, mean_loss))
@@ -568,7 +590,7 @@ def _train(
             if on_step and dist.is_main:
                 on_step(step, value)
             if step % config.checkpoint_every == 0 or step == config.steps:
-                result.checkpoint = checkpoint()
+                result.checkpoint = checkpoint(val_loss)
             if env_id and config.eval_every and step % config.eval_every == 0 and step != config.steps:
                 if dist.is_main:
                     run_eval()

@@ -164,8 +164,12 @@ class SegmentSampler:
         self.episode_end = put(np.repeat(starts[1:], lengths))
 
     def sample(self, batch_size: int) -> Batch:
+        return self.segments(torch.randint(0, self.num_transitions, (batch_size,), generator=self.generator))
+
+    def segments(self, start: torch.Tensor) -> Batch:
+        """The segments of up to K steps from transitions ``start`` (B,) on, cut at their episode's end
+        and then left-padded: what :meth:`sample` draws, at chosen places (validation's chunks)."""
         K = self.context_length
-        start = torch.randint(0, self.num_transitions, (batch_size,), generator=self.generator)
         if self.from_disk:
             episode = np.searchsorted(self._starts, start.numpy(), side="right") - 1
             end = torch.from_numpy(self._starts[episode + 1])
