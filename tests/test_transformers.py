@@ -8,6 +8,8 @@ ones, returns-to-go divided by the scale). No network: the models are random, sa
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import gymnasium as gym
@@ -197,3 +199,28 @@ def test_export_says_in_one_line_what_transformers_cannot_express(tmp_path: Path
     with pytest.raises(DtrlError, match=f"no transformers equivalent: .*{reason}") as e:
         export(tmp_path / "policy", "transformers", tmp_path / "hf", "dtrl export")
     assert "\n" not in str(e.value)
+
+
+def test_dtrl_eval_runs_a_transformers_directory_from_the_command_line(tmp_path: Path) -> None:
+    hf_model = transformers.DecisionTransformerModel(transformers.DecisionTransformerConfig(state_dim=3, act_dim=1, hidden_size=16, n_layer=1))
+    hf_model.save_pretrained(tmp_path / "hf")
+    (tmp_path / "stats.json").write_text(json.dumps({"state_mean": [0.0, 0.0, 0.0], "state_std": [1.0, 1.0, 2.0]}))
+    proc = subprocess.run(
+        [sys.executable, "-m", "dtrl", "eval", str(tmp_path / "hf"), "--env", "Pendulum-v1", "--state-stats",
+         str(tmp_path / "stats.json"), "-r", "-200", "--episodes", "2", "-o", str(tmp_path / "eval.json")],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    [result] = json.loads((tmp_path / "eval.json").read_text())
+    assert result["episodes"] == 2 and result["target_return"] == -200
+
+
+def test_tutorial_example_saves_a_model_dtrl_runs(tmp_path: Path) -> None:
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run(
+        [sys.executable, str(root / "examples" / "transformers_tutorial.py"), str(tmp_path / "hf"), "--steps", "3"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    policy = dtrl.load(tmp_path / "hf", "cpu", state_stats={"state_mean": [0.0] * 11, "state_std": [1.0] * 11})
+    assert policy.spec.model.context_length == 20 and policy.spec.model.n_embd == 64

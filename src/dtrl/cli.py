@@ -289,7 +289,7 @@ def _offline_eval(policy, data, output: Optional[Path]) -> None:
     from dtrl.validation import offline_report
 
     report = offline_report(policy, data)
-    table = Table(title=f"{data.name}: the logged actions predicted from their returns-to-go (no simulator)")
+    table = Table(title=f"{data.name}: logged actions predicted from returns-to-go (no simulator)")
     for col in ("episodes", "steps", f"action error ({report['loss']})"):
         table.add_column(col, justify="right")
     table.add_row(str(report["episodes"]), str(report["steps"]), f"{report['action_error']:.4f}")

@@ -258,6 +258,8 @@ def transformers_config(cfg: ModelConfig) -> dict[str, Any]:
         embd_pdrop=cfg.dropout,
         attn_pdrop=cfg.dropout,
         layer_norm_epsilon=cfg.layer_norm_epsilon,
+        bos_token_id=None,  # GPT-2's 50256 lies outside the DT's one-entry token table (and is never used)
+        eos_token_id=None,
     )
 
 
@@ -278,6 +280,7 @@ def export_transformers(model: torch.nn.Module, spec: PolicySpec, out: Path) -> 
         raise DtrlError(f"this policy has no transformers equivalent: {why}; export it as policy, torchscript or onnx")
     try:
         from transformers import DecisionTransformerConfig, DecisionTransformerModel
+        from transformers.utils import logging as hf_logging
     except ImportError:
         raise DtrlError("exporting to transformers needs it installed: pip install 'dtrl[transformers]'") from None
     cfg = spec.model
@@ -294,7 +297,13 @@ def export_transformers(model: torch.nn.Module, spec: PolicySpec, out: Path) -> 
     out.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out, prefix=".tmp-transformers-"))
     try:
-        hf_model.save_pretrained(tmp)  # safetensors, the default since transformers 4.35
+        bar = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()  # dtrl export prints the files it wrote
+        try:
+            hf_model.save_pretrained(tmp)  # safetensors, the default since transformers 4.35
+        finally:
+            if bar:
+                hf_logging.enable_progress_bar()
         written = []
         for file in sorted(tmp.iterdir()):  # each file renamed into place whole
             os.replace(file, out / file.name)

@@ -574,6 +574,7 @@ def _train(
                 if val_error is not None:
                     val_loss = val_error(model)
                     result.val_losses.append((step, val_loss))
+                    now_after_val = time.perf_counter()
                 logger.log(
                     step,
                     {
@@ -586,7 +587,7 @@ def _train(
                     },
                 )
                 result.losses.append((step, mean_loss))
-                window, tick = [], now
+                window, tick = [], now_after_val if val_loss is not None else now  # steps/s counts training only
             if on_step and dist.is_main:
                 on_step(step, value)
             if step % config.checkpoint_every == 0 or step == config.steps:
