@@ -44,6 +44,12 @@ def test_split_is_seeded_whole_episodes_and_never_everything() -> None:
         split_episodes(2, 0.9, seed=0)
 
 
+@pytest.mark.parametrize("value", [-0.1, 1.0])
+def test_val_fraction_out_of_range_is_one_line(value: float) -> None:
+    with pytest.raises(DtrlError, match=r"val_fraction=.* must lie in \[0, 1\)"):
+        load_config(None, [f"val_fraction={value}"], environ={})
+
+
 def test_val_loss_is_logged_beside_train_loss_and_the_held_out_episodes_are_not_trained_on(
     val_run, pendulum_dataset: EpisodeDataset
 ) -> None:

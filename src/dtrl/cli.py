@@ -240,7 +240,10 @@ def eval_(
             targets.append(float(extra))
         except ValueError:
             raise DtrlError(f"unexpected argument {extra!r}: target returns must be numbers") from None
-    data = _open_dataset(dataset)
+    from dtrl.hf import is_transformers_dir
+
+    needs_data = not targets or (state_stats is None and is_transformers_dir(checkpoint))
+    data = _open_dataset(dataset) if needs_data else None
     policy = _load_policy(checkpoint, device, kv_cache, state_stats, data)
     if data is not None and not targets:
         _offline_eval(policy, data, output)

@@ -69,6 +69,8 @@ class DecisionTransformerPolicy:
         if is_transformers_dir(path):
             spec, weights, directory = read_transformers(path, state_stats)
         else:
+            if state_stats is not None:
+                raise DtrlError(f"{path} is a dtrl policy, which carries its own state statistics: drop --state-stats")
             spec, weights, directory = load_policy_files(path)
         model = DecisionTransformer(spec.model)
         try:
