@@ -81,7 +81,7 @@ class ModelConfig:
         if not 0.0 <= self.dropout < 1.0:
             raise DtrlError(f"model.dropout={self.dropout} must lie in [0, 1)")
         if self.activation not in ("relu", "gelu", "gelu_exact"):
-            raise DtrlError(f"model.activation={self.activation!r}: choose 'relu', 'gelu' or 'gelu_exact'")
+            raise DtrlError(f"model.activation={self.activation!r}: choose 'relu' or 'gelu' (or 'gelu_exact', GELU's erf form)")
         if not self.layer_norm_epsilon > 0:
             raise DtrlError(f"model.layer_norm_epsilon={self.layer_norm_epsilon} must be > 0")
         if self.token_mixer not in ("attention", "conv"):
