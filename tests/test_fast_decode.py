@@ -52,6 +52,7 @@ CASES = {
     "one-head": {"n_head": 1},
     "one-layer": {"n_layer": 1},
     "gelu": {"activation": "gelu"},
+    "gelu_exact-eps": {"activation": "gelu_exact", "layer_norm_epsilon": 1e-3},  # transformers' gelu and epsilon
     "short-time-table": {"max_episode_length": 8},  # timesteps past the table reuse its last row
     "untanhed": {"action_tanh": False},
     "context-2": {"context_length": 2},
