@@ -51,7 +51,8 @@ class ModelConfig:
     mlp_ratio: int = 4
     """Hidden width of each block's MLP, as a multiple of n_embd."""
     activation: str = "relu"
-    """MLP activation: relu (the paper's gym setting) or gelu."""
+    """MLP activation: relu (the paper's gym setting), gelu (tanh approximation) or gelu_exact (erf, PyTorch's
+    default GELU, which the paper's Atari code uses)."""
     dropout: float = 0.1
     condition_on_return: bool = True
     """False drops the return-to-go tokens: behaviour cloning with the same transformer (the BC baseline)."""
@@ -69,6 +70,27 @@ class ModelConfig:
     uses the mean action, `dtrl finetune` samples."""
     init_temperature: float = 0.1
     """stochastic_policy: the entropy temperature at initialisation (Online DT: 0.1)."""
+    # --- embedding variants: Online DT's and the paper's Atari (minGPT) model; the defaults are the gym DT's
+    timestep_embedding: str = "step"
+    """'step': every token of step t gets the learned embedding of timestep t (the gym DT); 'none': no
+    timestep embedding (Online DT's code, `--ordering 0`); 'segment': one learned embedding of the timestep
+    of the window's first real step, added to all its tokens (the paper's Atari model, minGPT's
+    `global_pos_emb`; it starts at zero, as there)."""
+    position_embedding: str = "none"
+    """'learned': a learned embedding of each token's position in the window, counted from its first real
+    token, so a left-padded window and an unpadded one agree (the paper's Atari model, minGPT's `pos_emb`;
+    it starts at zero, as there); 'none': no position embedding (the gym DT)."""
+    embedding_tanh: bool = False
+    """tanh on the return, state and action embeddings (the paper's Atari model); the CNN state encoder
+    ends in tanh either way."""
+    embedding_layernorm: bool = True
+    """A LayerNorm over the token embeddings before the transformer (the gym DT, Online DT); the paper's
+    Atari model has none."""
+    action_head_bias: bool = True
+    """A bias in the action head (the gym DT); the paper's Atari model's head has none."""
+    eval_context_length: int = 0
+    """Steps the policy sees when it acts (evaluation, `dtrl eval`, fine-tuning rollouts, exported
+    policies); 0: context_length. Online DT acts on 5 steps of a model trained at K = 20."""
 
     def validate(self) -> None:
         _positive(self, "context_length", "max_episode_length", "n_layer", "n_head", "n_embd", "mlp_ratio")
@@ -76,8 +98,8 @@ class ModelConfig:
             raise DtrlError(f"model.n_embd={self.n_embd} must be divisible by model.n_head={self.n_head}")
         if not 0.0 <= self.dropout < 1.0:
             raise DtrlError(f"model.dropout={self.dropout} must lie in [0, 1)")
-        if self.activation not in ("relu", "gelu"):
-            raise DtrlError(f"model.activation={self.activation!r}: choose 'relu' or 'gelu'")
+        if self.activation not in ("relu", "gelu", "gelu_exact"):
+            raise DtrlError(f"model.activation={self.activation!r}: choose 'relu', 'gelu' or 'gelu_exact'")
         if self.token_mixer not in ("attention", "conv"):
             raise DtrlError(f"model.token_mixer={self.token_mixer!r}: choose 'attention' or 'conv'")
         _positive(self, "conv_kernel_size")
@@ -87,6 +109,13 @@ class ModelConfig:
             )
         if not self.init_temperature > 0:
             raise DtrlError(f"model.init_temperature={self.init_temperature} must be > 0")
+        _choice(self, "timestep_embedding", ("step", "none", "segment"))
+        _choice(self, "position_embedding", ("none", "learned"))
+        if not 0 <= self.eval_context_length <= self.context_length:
+            raise DtrlError(
+                f"model.eval_context_length={self.eval_context_length} must lie in [0, "
+                f"model.context_length={self.context_length}] (0: the whole context)"
+            )
 
 
 @dataclass
@@ -124,6 +153,15 @@ class TrainConfig:
     """Decay only the weight matrices of linear and convolution layers, sparing biases, LayerNorms and
     embeddings (minGPT; the paper's Atari code); false: every parameter (the paper's gym code)."""
     betas: tuple[float, float] = (0.9, 0.999)
+    optimizer: str = "adamw"
+    """'adamw' (the paper's) or 'lamb': LAMB (torch-optimizer's, configured as Online DT's code's; `pip install
+    "dtrl[odt]"`) with the same learning rate, weight decay, betas and schedule."""
+    temperature_learning_rate: float = 0.0
+    """model.stochastic_policy: > 0 gives the learned temperature its own Adam at this constant rate, no
+    warm-up and no weight decay (Online DT: 1e-4); 0: it is a parameter of the main optimizer."""
+    in_episode_segments: bool = False
+    """Keep every training segment inside its episode, K real steps (the paper's Atari code): one that would
+    run past its episode's end ends there instead; false: it is cut there and left-padded (the gym code)."""
     warmup_steps: int = 10_000
     """Linear learning-rate warm-up from 0; then constant, or decayed by ``lr_decay``."""
     lr_decay: str = "none"
@@ -158,6 +196,9 @@ class TrainConfig:
             raise DtrlError(f"top_fraction={self.top_fraction} must lie in (0, 1]")
         if self.lr_decay not in ("none", "cosine"):
             raise DtrlError(f"lr_decay={self.lr_decay!r}: choose 'none' or 'cosine'")
+        _choice(self, "optimizer", ("adamw", "lamb"))
+        if self.temperature_learning_rate < 0:
+            raise DtrlError(f"temperature_learning_rate={self.temperature_learning_rate} must be >= 0")
         if self.precision not in ("fp32", "bf16"):
             raise DtrlError(f"precision={self.precision!r}: choose 'fp32' or 'bf16'")
         for name in ("weight_decay", "warmup_steps", "grad_clip", "eval_every", "num_threads", "eval_max_episode_steps"):
@@ -192,6 +233,11 @@ class FinetuneConfig:
     batch_size: int = 64
     learning_rate: float = 1e-4
     weight_decay: float = 5e-4
+    continue_optimizer: bool = False
+    """Continue the checkpoint's optimiser (its moments, step count and learning-rate schedule, the
+    temperature's own optimiser included) with the training run's optimisation settings, as Online DT's
+    code does; learning_rate and weight_decay are then unused. False: a fresh AdamW at learning_rate,
+    constant."""
     grad_clip: float = 0.25
     eval_episodes: int = 10
     eval_every: int = 0
@@ -211,6 +257,12 @@ class FinetuneConfig:
         for name in ("weight_decay", "grad_clip", "eval_every"):
             if getattr(self, name) < 0:
                 raise DtrlError(f"{name.replace('_', '-')}={getattr(self, name)} must be >= 0")
+
+
+def _choice(obj: Any, name: str, choices: tuple[str, ...]) -> None:
+    if getattr(obj, name) not in choices:
+        prefix = "model." if isinstance(obj, ModelConfig) else ""
+        raise DtrlError(f"{prefix}{name}={getattr(obj, name)!r}: choose {' or '.join(repr(c) for c in choices)}")
 
 
 def _positive(obj: Any, *names: str) -> None:

@@ -322,7 +322,7 @@ class StackedRun:
         model_config = self.data.model_config
         self.runs = [
             _Seed(c, SegmentSampler(self.data.dataset, model_config.context_length, config.reward_scale,
-                                    self.data.normalizer, self.device, c.seed))
+                                    self.data.normalizer, self.device, c.seed, in_episode=config.in_episode_segments))
             for c in configs
         ]
         models = []
@@ -413,6 +413,11 @@ def _check_supported(config: TrainConfig) -> None:
         raise DtrlError(
             "model.activation_checkpointing does not work inside torch.func.vmap: "
             "set it to false for stacked seeds, or train the seeds one by one"
+        )
+    if config.optimizer != "adamw" or config.temperature_learning_rate > 0:
+        raise DtrlError(
+            "stacked seeds share one elementwise AdamW: LAMB's per-tensor trust ratio and a separate temperature "
+            "optimizer would mix the seeds; set optimizer=adamw temperature_learning_rate=0, or train the seeds one by one"
         )
     if config.compile:
         log.warning("compile=true is not used for stacked seeds: the vmapped step runs eagerly")

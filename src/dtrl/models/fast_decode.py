@@ -75,7 +75,8 @@ class FastDecodingCache:
 
     @staticmethod
     def supports(model: "DecisionTransformer") -> bool:
-        return model.transformer.supports_kv_cache and not model.training and model.config.context_length > 1
+        cfg = model.config  # its MLP step computes relu or the tanh GELU
+        return model.supports_kv_cache and not model.training and cfg.context_length > 1 and cfg.activation != "gelu_exact"
 
     @torch.no_grad()
     def __init__(

@@ -77,7 +77,7 @@ class MLP(nn.Module):
     def __init__(self, n_embd: int, ratio: int, activation: str, dropout: float) -> None:
         super().__init__()
         self.fc = nn.Linear(n_embd, ratio * n_embd)
-        self.act = nn.ReLU() if activation == "relu" else nn.GELU(approximate="tanh")
+        self.act = nn.ReLU() if activation == "relu" else nn.GELU(approximate="none" if activation == "gelu_exact" else "tanh")
         self.proj = nn.Linear(ratio * n_embd, n_embd)
         self.dropout = nn.Dropout(dropout)
 
