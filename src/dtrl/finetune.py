@@ -32,7 +32,14 @@ import numpy as np
 import torch
 import yaml
 
-from dtrl.checkpoint import TRAIN_STATE_FILE, PolicySpec, latest_checkpoint, load_policy_files, load_train_state, save_checkpoint
+from dtrl.checkpoint import (
+    TRAIN_STATE_FILE,
+    PolicySpec,
+    latest_checkpoint,
+    load_policy_files,
+    load_train_state,
+    save_checkpoint,
+)
 from dtrl.config import FinetuneConfig, TrainConfig
 from dtrl.data.episodes import Episode, EpisodeDataset, atomic_write, space_from_dict
 from dtrl.data.sampler import Normalizer, SegmentSampler
