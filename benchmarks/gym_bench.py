@@ -93,6 +93,7 @@ ODT_SETTINGS = [
     "model.stochastic_policy=true", "model.timestep_embedding=none", "model.eval_context_length=5",
     "optimizer=lamb", "weight_decay=5e-4", "temperature_learning_rate=1e-4",
 ]  # fmt: skip
+ODT_STAGES = ("odt", ODT_ONLINE)
 VARIANT_SETTING = {"dc": ["model.token_mixer=conv"], "odt": ODT_SETTINGS}
 """What each variant changes in DT's config: DC its token mixer; Online DT what defines ODT's code
 (configs/odt_hopper.yaml) beyond the network's size and the budget: the stochastic head, no timestep
@@ -103,7 +104,7 @@ EVAL_SEED = 1_000_000
 COLUMNS = [
     "method", "dataset", "env_id", "seed", "budget", "steps", "eval_seed", "episodes", "target_return",
     "return_mean", "return_std", "score_mean", "score_std", "curve", "calibration", "dataset_best_return",
-    "train_eval_s", "online_steps", "device",
+    "train_eval_s", "online_steps", "settings", "device",
 ]  # fmt: skip
 MISSING = "—"
 CSV_FILE = "gym.csv"
@@ -262,7 +263,7 @@ def run_cells(
             "return_mean": f"{final.mean:.2f}", "return_std": f"{final.std:.2f}", "score_mean": f"{score[0]:.3f}",
             "score_std": f"{score[1]:.3f}", "curve": _curve_text(curve), "calibration": calibration,
             "dataset_best_return": f"{dataset.episode_returns.max():.1f}", "train_eval_s": f"{seconds:.1f}",
-            "online_steps": online or "", "device": device,
+            "online_steps": online or "", "settings": _settings(method), "device": device,
         }  # fmt: skip
 
     tick = time.perf_counter()
@@ -303,9 +304,15 @@ def _online_steps(row: dict[str, str]) -> int:
     return int(row.get("online_steps") or 0)  # rows written before Online DT joined have no such column
 
 
-def cell_key(row: dict[str, str]) -> tuple[str, str, int, str, int, int]:
-    """What makes a row's cell: an ``odt`` cell is done once its online row is written."""
-    return (row["method"], row["dataset"], int(row["seed"]), row["budget"], int(row["steps"]), _online_steps(row))
+def _settings(method: str) -> str:
+    """The settings an ``odt`` row records (its method settings changed once: rows of others are redone)."""
+    return " ".join(ODT_SETTINGS) if method in ODT_STAGES else ""
+
+
+def cell_key(row: dict[str, str]) -> tuple[str, str, int, str, int, int, str]:
+    """What makes a row's cell: an ``odt`` cell is done once its online row is written, with today's settings."""
+    return (row["method"], row["dataset"], int(row["seed"]), row["budget"], int(row["steps"]), _online_steps(row),
+            row.get("settings") or "")  # fmt: skip
 
 
 def append_rows(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -363,7 +370,7 @@ def run(args: argparse.Namespace) -> None:
         stage, online_key = (ODT_ONLINE, online) if method == "odt" else (method, 0)  # odt: done once fine-tuned
         todo = []
         for seed in seeds:
-            if (stage, label, seed, args.budget, steps, online_key) in done:
+            if (stage, label, seed, args.budget, steps, online_key, _settings(method)) in done:
                 print(f"skip {method} {label} seed {seed} (done)", flush=True)
             else:
                 todo.append(seed)
@@ -554,9 +561,14 @@ def report(out: Path) -> Path:
     shown = full_budget if full_budget in budgets else max(budgets, key=lambda b: sum((r["budget"], int(r["steps"])) == b for r in every))
     rows = [r for r in every if (r["budget"], int(r["steps"])) == shown]
     # Online DT rows of one online budget only: the most common, then the largest
-    online_budgets = sorted({_online_steps(r) for r in rows if r["method"] in ("odt", ODT_ONLINE)})
+    online_budgets = sorted({_online_steps(r) for r in rows if r["method"] in ODT_STAGES})
     online = max(online_budgets, key=lambda n: (sum(_online_steps(r) == n for r in rows), n)) if online_budgets else 0
-    rows = [r for r in rows if r["method"] not in ("odt", ODT_ONLINE) or _online_steps(r) == online]
+    rows = [r for r in rows if r["method"] not in ODT_STAGES or _online_steps(r) == online]
+    # Online DT rows of today's settings replace those of the earlier, non-faithful Online DT; alone, those are marked
+    earlier = [r for r in rows if r["method"] in ODT_STAGES and (r.get("settings") or "") != _settings("odt")]
+    earlier_shown = len(earlier) == sum(r["method"] in ODT_STAGES for r in rows)
+    if not earlier_shown:
+        rows = [r for r in rows if r not in earlier]
     datasets = [d for d in PAPER_DATASETS if any(r["dataset"] == d for r in rows)]
     datasets += sorted({r["dataset"] for r in rows} - set(datasets))
     methods = [m for m in STAGES if any(r["method"] == m for r in rows)]
@@ -571,6 +583,14 @@ def report(out: Path) -> Path:
         "Online DT adds a row for its fine-tuned policy); do not edit by hand (notes come from `gym_notes.md`).",
         "",
     ]
+    if earlier and earlier_shown:
+        lines += [
+            "> **ODT offline / ODT online: measured with the earlier (non-faithful) Online DT, rerun pending.** "
+            "Those rows trained with AdamW for every parameter under the warm-up, a timestep embedding, K steps when "
+            "acting and a fresh AdamW at fine-tuning, not today's ODT settings (Protocol below); rerun them with "
+            "`--methods odt` (rows of today's settings then replace them).",
+            "",
+        ]
     if shown != full_budget:
         lines += [
             f"> **Reduced budget — not the paper's protocol.** Shown: `{shown[0]}`, {shown[1]:,} gradient steps per run. "
@@ -583,7 +603,7 @@ def report(out: Path) -> Path:
     variants_done = [(d, m) for d in PAPER_DATASETS for m in VARIANTS if len(full_scores.get((d, m), [])) >= 3]
     not_run = [LABELS[m] for m in STAGES if m not in methods]
     also = [(b, n) for b, n in budgets if (b, n) != shown]
-    other_online = sorted({_online_steps(r) for r in every if r["method"] in ("odt", ODT_ONLINE)} - {online})
+    other_online = sorted({_online_steps(r) for r in every if r["method"] in ODT_STAGES} - {online})
     lines += [
         "## Status",
         "",
@@ -594,6 +614,7 @@ def report(out: Path) -> Path:
         f"variants (DC, ODT offline, ODT online): {len(variants_done)} of 27.",
         *[f"* Also in the CSV, not shown: `{b}` at {n:,} steps" for b, n in also],
         *[f"* Also in the CSV, not shown: Online DT fine-tuned for {n:,} environment steps" for n in other_online],
+        *([f"* Also in the CSV, not shown: {len(earlier)} rows of the earlier (non-faithful) Online DT"] if earlier and not earlier_shown else []),
         "",
         "## Normalised score at the end of training (mean ± std over seeds)",
         "",

@@ -211,7 +211,8 @@ class FinetuneConfig:
     """Online fine-tuning of a stochastic-policy checkpoint (`dtrl finetune`, Online DT).
 
     Defaults follow ODT's gym settings (buffer, updates per rollout, learning rate,
-    weight decay), with a CPU-sized online budget.
+    weight decay), with a CPU-sized online budget and a fresh AdamW; ``continue_optimizer``
+    continues the pre-training optimiser instead, as ODT's code does.
     """
 
     env: str = ""
