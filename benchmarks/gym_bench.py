@@ -91,14 +91,14 @@ LABELS = {
 }  # fmt: skip
 ODT_SETTINGS = [
     "model.stochastic_policy=true", "model.timestep_embedding=none", "model.eval_context_length=5",
-    "optimizer=lamb", "weight_decay=5e-4", "temperature_learning_rate=1e-4",
+    "optimizer=lamb", "weight_decay=5e-4", "temperature_learning_rate=1e-4", "model.init=odt",
 ]  # fmt: skip
 ODT_STAGES = ("odt", ODT_ONLINE)
 VARIANT_SETTING = {"dc": ["model.token_mixer=conv"], "odt": ODT_SETTINGS}
 """What each variant changes in DT's config: DC its token mixer; Online DT what defines ODT's code
 (configs/odt_hopper.yaml) beyond the network's size and the budget: the stochastic head, no timestep
-embedding, 5 steps when acting, LAMB with weight decay 5e-4, the temperature's own Adam (and, online, the
-optimiser carried on from pre-training)."""
+embedding, 5 steps when acting, LAMB with weight decay 5e-4, the temperature's own Adam, ODT's initialisation
+(and, online, the optimiser carried on from pre-training)."""
 PAPER_DATASETS = [f"{env}-{kind}" for env in ("hopper", "halfcheetah", "walker2d") for kind in ("medium", "medium-replay", "medium-expert")]
 EVAL_SEED = 1_000_000
 COLUMNS = [
@@ -587,7 +587,8 @@ def report(out: Path) -> Path:
         lines += [
             "> **ODT offline / ODT online: measured with the earlier (non-faithful) Online DT, rerun pending.** "
             "Those rows trained with AdamW for every parameter under the warm-up, a timestep embedding, K steps when "
-            "acting and a fresh AdamW at fine-tuning, not today's ODT settings (Protocol below); rerun them with "
+            "acting, GPT-2's initialisation and a fresh AdamW at fine-tuning, not today's ODT settings (Protocol "
+            "below); rerun them with "
             "`--methods odt` (rows of today's settings then replace them).",
             "",
         ]

@@ -11,11 +11,13 @@ state tokens. It leaves out two things the paper's model holds but never uses: `
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
@@ -30,7 +32,7 @@ from test_atari import frame_dataset
 ROOT = Path(__file__).resolve().parent.parent
 MINGPT = dict(
     timestep_embedding="segment", position_embedding="learned", embedding_tanh=True, embedding_layernorm=False,
-    action_head_bias=False, activation="gelu_exact",
+    action_head_bias=False, activation="gelu_exact", init="mingpt",
 )  # fmt: skip
 
 
@@ -143,6 +145,19 @@ def test_output_on_a_fixed_input_equals_the_reference():
     padded = model(pad(rtg), pad(states), pad(actions), pad(timesteps), mask)
     torch.testing.assert_close(padded[:, 1:], model(rtg[:, :2], states[:, :2], actions[:, :2], timesteps[:, :2]))
     assert not model.supports_kv_cache  # the window's embeddings change as it slides: recompute, the paper's way
+
+
+def test_initialisation_is_mingpts():
+    torch.manual_seed(0)
+    model = dtrl_mingpt(K=30, n_layer=6, n_head=8, d=128, vocab=4, max_len=1000)
+    assert not model.embed_position.weight.any() and not model.embed_timestep.weight.any()  # zeros, as minGPT
+    for block in model.transformer.blocks:  # N(0, 0.02) everywhere, no GPT-2 residual scaling
+        assert block.attn.proj.weight.std().item() == pytest.approx(0.02, rel=0.05)
+    conv = model.embed_state.convs[0].weight  # built after minGPT's init: nn.Conv2d's default U(±1/sqrt(fan_in))
+    assert conv.abs().max() <= 1 / math.sqrt(4 * 8 * 8) and conv.std() > 0.03
+    assert model.embed_return.weight.std() > 0.3  # nn.Linear(1, d)'s default U(±1)
+    gpt2 = DecisionTransformer(dataclasses.replace(model.config, init="gpt2"))
+    assert gpt2.transformer.blocks[0].attn.proj.weight.std().item() == pytest.approx(0.02 / math.sqrt(12), rel=0.05)
 
 
 def vector_dataset(lengths: list[int]) -> EpisodeDataset:

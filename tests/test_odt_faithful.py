@@ -50,6 +50,7 @@ ODT_HOPPER = {
     "model.max_episode_length": 1000,  # main.py:29  MAX_EPISODE_LEN = 1000
     "model.stochastic_policy": True,  # main.py:61  stochastic_policy=True
     "model.init_temperature": 0.1,  # main.py:487  --init_temperature 0.1
+    "model.init": "odt",  # trajectory_gpt2.py:356-366 N(0, 0.02); decision_transformer.py:108-111 orthogonal heads
     "target_returns": [3600.0],  # main.py:483  --eval_rtg 3600
     "eval_episodes": 10,  # main.py:484  --num_eval_episodes 10
     "batch_size": 256,  # main.py:488  --batch_size 256
@@ -193,6 +194,18 @@ def test_no_timestep_embedding_ignores_timesteps():
     early, late = torch.arange(4).repeat(2, 1), torch.arange(100, 104).repeat(2, 1)
     torch.testing.assert_close(model(rtg, states, actions, early), model(rtg, states, actions, late), rtol=0, atol=0)
     assert not torch.equal(plain(rtg, states, actions, early), plain(rtg, states, actions, late))
+
+
+def test_odt_initialisation_is_odts():
+    model = odt_model(init="odt", n_embd=64)
+    for head in (model.action_head, model.action_log_std):  # DiagGaussianActor's orthogonal weights, zero bias
+        torch.testing.assert_close(head.weight @ head.weight.T, torch.eye(2), rtol=0, atol=1e-5)
+        assert not head.bias.any()
+    assert model.embed_state.weight.abs().max() <= 1 / math.sqrt(3)  # nn.Linear's default: U(±1/sqrt(fan_in))
+    assert model.embed_state.weight.std() > 0.2  # not N(0, 0.02)
+    proj = model.transformer.blocks[0].mlp.proj.weight  # its GPT-2 copy: N(0, 0.02), no residual scaling
+    assert proj.std().item() == pytest.approx(0.02, rel=0.05)
+    assert odt_model(n_embd=64).transformer.blocks[0].mlp.proj.weight.std().item() == pytest.approx(0.02 / math.sqrt(2), rel=0.05)
 
 
 def policy_actions(model: DecisionTransformer, spec, steps: int = 6) -> np.ndarray:

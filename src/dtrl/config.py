@@ -88,6 +88,12 @@ class ModelConfig:
     Atari model has none."""
     action_head_bias: bool = True
     """A bias in the action head (the gym DT); the paper's Atari model's head has none."""
+    init: str = "gpt2"
+    """Initial weights: 'gpt2', GPT-2's for every layer (N(0, 0.02), residual projections scaled by
+    1/sqrt(2 n_layer)); 'mingpt', the paper's Atari code's (unscaled residual projections, the CNN and the
+    return embedding at PyTorch's defaults); 'odt', Online DT's code's (N(0, 0.02), unscaled, in the
+    transformer only, as its 2021 copy of Hugging Face's GPT-2; PyTorch's defaults for the embeddings;
+    orthogonal Gaussian heads)."""
     eval_context_length: int = 0
     """Steps the policy sees when it acts (evaluation, `dtrl eval`, fine-tuning rollouts, exported
     policies); 0: context_length. Online DT acts on 5 steps of a model trained at K = 20."""
@@ -111,6 +117,7 @@ class ModelConfig:
             raise DtrlError(f"model.init_temperature={self.init_temperature} must be > 0")
         _choice(self, "timestep_embedding", ("step", "none", "segment"))
         _choice(self, "position_embedding", ("none", "learned"))
+        _choice(self, "init", ("gpt2", "mingpt", "odt"))
         if not 0 <= self.eval_context_length <= self.context_length:
             raise DtrlError(
                 f"model.eval_context_length={self.eval_context_length} must lie in [0, "

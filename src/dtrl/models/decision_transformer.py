@@ -75,7 +75,17 @@ class DecisionTransformer(nn.Module):
         tokens_per_step = 3 if config.condition_on_return else 2
         if config.position_embedding == "learned":
             self.embed_position = nn.Embedding(tokens_per_step * config.context_length, d)
-        init_gpt2_weights(self, config.n_layer)
+        init_gpt2_weights(self, config.n_layer, scale_residual=config.init == "gpt2")
+        if config.init == "mingpt":  # minGPT builds the CNN and the return embedding after its init
+            _default_init(self.embed_state, self.embed_return)
+        elif config.init == "odt":  # ODT: its GPT-2 copy's init in the transformer only, orthogonal heads
+            _default_init(self.embed_state, self.embed_return, self.embed_action, self.embed_timestep)
+            heads = (self.action_head, self.action_log_std) if config.stochastic_policy else ()
+            for head in heads:
+                nn.init.orthogonal_(head.weight)
+                nn.init.zeros_(head.bias)
+            if not config.stochastic_policy:
+                _default_init(self.action_head)
         if config.position_embedding == "learned":
             nn.init.zeros_(self.embed_position.weight)  # minGPT's pos_emb and global_pos_emb start at zero
         if config.timestep_embedding == "segment":
@@ -219,6 +229,14 @@ class DecisionTransformer(nn.Module):
 
 def _identity(x: torch.Tensor) -> torch.Tensor:
     return x
+
+
+def _default_init(*modules: nn.Module | None) -> None:
+    """Back to PyTorch's own initialisation of each layer (``reset_parameters``)."""
+    for module in modules:
+        for m in module.modules() if module is not None else ():
+            if isinstance(m, (nn.Linear, nn.Conv2d, nn.Embedding)):
+                m.reset_parameters()
 
 
 class DecodingCache:
