@@ -280,6 +280,7 @@ def test_finetuning_continues_the_pretraining_optimizer_as_odt(tmp_path: Path):
         assert {int(s["step"]) for s in state["optimizer"][part]["state"].values()} == {12 + 6}
     assert state["scheduler"]["last_epoch"] == 18  # and the warm-up with them: ODT's scheduler is never reset
     assert state["scheduler"]["_last_lr"][0] == pytest.approx(1e-3 * 19 / 100)
+    assert state["optimizer"]["network"]["param_groups"][0]["lr"] == pytest.approx(1e-3 * 19 / 100)  # LAMB's own rate
     fresh_state = load_train_state(fresh.checkpoint)["optimizer"]  # without: a new AdamW, counted from 0
     assert {int(s["step"]) for s in fresh_state["state"].values()} == {6}
     record = yaml.safe_load((tmp_path / "kept" / "finetune.yaml").read_text())
@@ -300,3 +301,14 @@ def test_stacked_seeds_refuse_lamb(pendulum_path: Path, tmp_path: Path):
     config = load_config(None, [*tiny_overrides(pendulum_path, tmp_path / "s"), "optimizer=lamb"])
     with pytest.raises(DtrlError, match="stacked seeds share one elementwise AdamW"):
         train_stacked(config, [0, 1])
+
+
+def test_a_lamb_run_resumes_bit_exactly(tmp_path: Path):
+    data = reach_dataset(episodes=8).save(tmp_path / "reach.npz")
+    odt = ["model.stochastic_policy=true", "optimizer=lamb", "temperature_learning_rate=1e-3", "eval_episodes=1",
+           "reward_scale=10", "checkpoint_every=3", "model.timestep_embedding=none", "model.init=odt"]  # fmt: skip
+    straight = train(load_config(None, [*tiny_overrides(data, tmp_path / "a", steps=6), *odt]))
+    train(load_config(None, [*tiny_overrides(data, tmp_path / "b", steps=3), *odt]))
+    resumed = train(load_config(None, [*tiny_overrides(data, tmp_path / "b", steps=6), *odt]), resume=True, overrides={"steps": 6})
+    a, b = load_policy_files(straight.checkpoint)[1], load_policy_files(resumed.checkpoint)[1]
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -78,3 +78,4 @@ class WithTemperatureOptimizer(torch.optim.Optimizer):
             )
         self.network.load_state_dict(state_dict["network"])
         self.temperature.load_state_dict(state_dict["temperature"])
+        self.param_groups = self.network.param_groups  # loading made new group dicts: the schedule must set those
