@@ -75,16 +75,21 @@ class DecisionTransformer(nn.Module):
         tokens_per_step = 3 if config.condition_on_return else 2
         if config.position_embedding == "learned":
             self.embed_position = nn.Embedding(tokens_per_step * config.context_length, d)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        """``model.init``: GPT-2's initialisation, or the paper's Atari code's, or Online DT's code's."""
+        config = self.config
         init_gpt2_weights(self, config.n_layer, scale_residual=config.init == "gpt2")
         if config.init == "mingpt":  # minGPT builds the CNN and the return embedding after its init
             _default_init(self.embed_state, self.embed_return)
         elif config.init == "odt":  # ODT: its GPT-2 copy's init in the transformer only, orthogonal heads
             _default_init(self.embed_state, self.embed_return, self.embed_action, self.embed_timestep)
-            heads = (self.action_head, self.action_log_std) if config.stochastic_policy else ()
-            for head in heads:
-                nn.init.orthogonal_(head.weight)
-                nn.init.zeros_(head.bias)
-            if not config.stochastic_policy:
+            if config.stochastic_policy:
+                for head in (self.action_head, self.action_log_std):
+                    nn.init.orthogonal_(head.weight)
+                    nn.init.zeros_(head.bias)
+            else:
                 _default_init(self.action_head)
         if config.position_embedding == "learned":
             nn.init.zeros_(self.embed_position.weight)  # minGPT's pos_emb and global_pos_emb start at zero
