@@ -10,7 +10,8 @@ policy, reporting the gamer-normalised score. Each model is evaluated twice
 on the same seeds: at the end of training with the most likely action
 (full recompute of the last K steps), then with actions sampled from the
 predicted distribution as the paper's Atari evaluation does (decoded with the
-key/value cache). Writes ``results/<out-name>.json``.
+key/value cache where the model has one; the paper's minGPT network, which the
+Atari configs use, recomputes the window). Writes ``results/<out-name>.json``.
 
     OMP_NUM_THREADS=1 python benchmarks/atari.py --game breakout --agent-steps 100000 \\
         --transitions 50000 --steps 400 --batch-size 16 --seeds 0 --episodes 10 --max-episode-steps 2000
@@ -108,7 +109,7 @@ def main() -> None:
             row["loss_first_last"] = [losses[0], losses[-1]]
             (argmax,) = json.loads((run_dir / "eval.json").read_text())
             row["argmax"] = summary(np.asarray(argmax["returns"]), np.asarray([argmax["length_mean"]]), env_id)
-            # The paper's evaluation: actions sampled from the predicted distribution; decoded with the KV cache.
+            # The paper's evaluation: actions sampled from the predicted distribution; the KV cache where there is one.
             policy = DecisionTransformerPolicy.load(run_dir, device="cpu", kv_cache=True)
             policy.sample_actions(seed)
             t2 = time.perf_counter()

@@ -10,9 +10,10 @@ variant, the *same transformer* trained without return tokens (``model.condition
 not an MLP. ``pbc``: that BC on the top ``--pbc-fraction`` (10%) of episodes by return.
 ``cql`` / ``iql``: d3rlpy with its published D4RL settings, fed the very same episodes
 (``d3rlpy_adapter.py``; ``pip install -e ".[bench]"``). The variants (docs/variants.md) differ from
-``dt`` in one setting each: ``dc``, Decision ConvFormer, is ``model.token_mixer=conv``; ``odt``, Online
-DT, is ``model.stochastic_policy=true`` pre-trained offline exactly like ``dt``, then fine-tuned
-online by ``dtrl.finetune`` for ``--online-steps`` environment steps. An ``odt`` cell writes two rows:
+``dt`` in what defines them: ``dc``, Decision ConvFormer, is ``model.token_mixer=conv``; ``odt``, Online
+DT, is ``dt``'s network and budget with ODT's method settings (``ODT_SETTINGS``: stochastic head, no timestep
+embedding, 5-step acting context, LAMB, the temperature's own Adam), then fine-tuned online by
+``dtrl.finetune`` for ``--online-steps`` environment steps, continuing its optimiser as ODT does. An ``odt`` cell writes two rows:
 ``odt`` (the offline policy, scored like every other method) and ``odt-online`` (the same policy after
 fine-tuning, evaluated on the same seeds at the same target; its ``curve`` is in environment steps).
 
@@ -35,7 +36,7 @@ Every finished (method, dataset, seed, budget, steps[, online steps]) cell is on
 ``odt``) appended atomically to ``results/gym.csv``; a rerun skips finished cells, so a killed run
 continues where it stopped (a cell cut short restarts from its beginning). A CSV written before the
 ``online_steps`` column existed is rewritten with it (empty) on the next run. ``--shard I/N`` runs every N-th cell, so N
-processes can share one GPU. ``--stack-seeds`` trains the missing seeds of each DT-family (method, dataset) together
+processes can share one GPU. ``--stack-seeds`` trains the missing seeds of each (method, dataset) of ``STACKABLE`` together
 in one process (``dtrl.stacked.train_stacked``: one run directory per seed, the same chunks, evaluations and rows as
 separate runs; ``train_eval_s`` is the stack's time divided by its seeds; ``--shard`` then deals out whole stacks; the
 runs log names the stacked methods). With dropout 0 a stacked seed equals a separate run up to float rounding; with
@@ -77,7 +78,9 @@ from dtrl.train import open_dataset, train  # noqa: E402
 
 METHODS = ("dt", "bc", "pbc", "cql", "iql", "dc", "odt")
 DT_FAMILY = ("dt", "bc", "pbc", "dc", "odt")
-"""The methods dtrl trains (CQL and IQL are d3rlpy's): the ones ``--stack-seeds`` stacks."""
+"""The methods dtrl trains (CQL and IQL are d3rlpy's)."""
+STACKABLE = ("dt", "bc", "pbc", "dc")
+"""The ones ``--stack-seeds`` stacks: ``odt`` trains with LAMB, whose per-tensor trust ratio a stack cannot share."""
 ODT_ONLINE = "odt-online"
 """The row an ``odt`` cell adds for the fine-tuned policy (a stage, not a method to ask for)."""
 STAGES = (*METHODS, ODT_ONLINE)
@@ -86,14 +89,22 @@ LABELS = {
     "dt": "DT", "bc": "BC (same transformer, no returns)", "pbc": "%BC", "cql": "CQL (d3rlpy)", "iql": "IQL (d3rlpy)",
     "dc": "Decision ConvFormer", "odt": "ODT offline", ODT_ONLINE: "ODT online",
 }  # fmt: skip
-VARIANT_SETTING = {"dc": ["model.token_mixer=conv"], "odt": ["model.stochastic_policy=true"]}
-"""The one model setting each variant changes in DT's config."""
+ODT_SETTINGS = [
+    "model.stochastic_policy=true", "model.timestep_embedding=none", "model.eval_context_length=5",
+    "optimizer=lamb", "weight_decay=5e-4", "temperature_learning_rate=1e-4", "model.init=odt",
+]  # fmt: skip
+ODT_STAGES = ("odt", ODT_ONLINE)
+VARIANT_SETTING = {"dc": ["model.token_mixer=conv"], "odt": ODT_SETTINGS}
+"""What each variant changes in DT's config: DC its token mixer; Online DT what defines ODT's code
+(configs/odt_hopper.yaml) beyond the network's size and the budget: the stochastic head, no timestep
+embedding, 5 steps when acting, LAMB with weight decay 5e-4, the temperature's own Adam, ODT's initialisation
+(and, online, the optimiser carried on from pre-training)."""
 PAPER_DATASETS = [f"{env}-{kind}" for env in ("hopper", "halfcheetah", "walker2d") for kind in ("medium", "medium-replay", "medium-expert")]
 EVAL_SEED = 1_000_000
 COLUMNS = [
     "method", "dataset", "env_id", "seed", "budget", "steps", "eval_seed", "episodes", "target_return",
     "return_mean", "return_std", "score_mean", "score_std", "curve", "calibration", "dataset_best_return",
-    "train_eval_s", "online_steps", "device",
+    "train_eval_s", "online_steps", "settings", "device",
 ]  # fmt: skip
 MISSING = "—"
 CSV_FILE = "gym.csv"
@@ -215,7 +226,7 @@ def run_online(
     config = FinetuneConfig(
         steps=online_steps, out_dir=str(out_dir), eval_target=target, updates_per_iteration=budget.online_updates,
         batch_size=budget.online_batch_size, eval_episodes=budget.episodes, seed=seed, eval_seed=EVAL_SEED,
-        device=device,
+        device=device, continue_optimizer=True,
     )  # fmt: skip
     shutil.rmtree(out_dir, ignore_errors=True)
     tick = time.perf_counter()
@@ -234,8 +245,8 @@ def run_cells(
     budget = BUDGETS[budget_name]
     if steps % budget.eval_points:
         raise DtrlError(f"--steps {steps} must be a multiple of the {budget.eval_points} evaluation points")
-    if stacked and method not in DT_FAMILY:
-        raise ValueError(f"{method} is not trained by dtrl: only {', '.join(DT_FAMILY)} stack seeds")
+    if stacked and method not in STACKABLE:
+        raise ValueError(f"{method} does not stack: only {', '.join(STACKABLE)} stack seeds")
     dataset = open_dataset(name)
     env_id = dataset.env_id
     if not env_id:
@@ -252,7 +263,7 @@ def run_cells(
             "return_mean": f"{final.mean:.2f}", "return_std": f"{final.std:.2f}", "score_mean": f"{score[0]:.3f}",
             "score_std": f"{score[1]:.3f}", "curve": _curve_text(curve), "calibration": calibration,
             "dataset_best_return": f"{dataset.episode_returns.max():.1f}", "train_eval_s": f"{seconds:.1f}",
-            "online_steps": online or "", "device": device,
+            "online_steps": online or "", "settings": _settings(method), "device": device,
         }  # fmt: skip
 
     tick = time.perf_counter()
@@ -293,9 +304,15 @@ def _online_steps(row: dict[str, str]) -> int:
     return int(row.get("online_steps") or 0)  # rows written before Online DT joined have no such column
 
 
-def cell_key(row: dict[str, str]) -> tuple[str, str, int, str, int, int]:
-    """What makes a row's cell: an ``odt`` cell is done once its online row is written."""
-    return (row["method"], row["dataset"], int(row["seed"]), row["budget"], int(row["steps"]), _online_steps(row))
+def _settings(method: str) -> str:
+    """The settings an ``odt`` row records (its method settings changed once: rows of others are redone)."""
+    return " ".join(ODT_SETTINGS) if method in ODT_STAGES else ""
+
+
+def cell_key(row: dict[str, str]) -> tuple[str, str, int, str, int, int, str]:
+    """What makes a row's cell: an ``odt`` cell is done once its online row is written, with today's settings."""
+    return (row["method"], row["dataset"], int(row["seed"]), row["budget"], int(row["steps"]), _online_steps(row),
+            row.get("settings") or "")  # fmt: skip
 
 
 def append_rows(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -330,7 +347,7 @@ def run(args: argparse.Namespace) -> None:
     csv_path = args.out / CSV_FILE
     upgrade_csv(csv_path)
     done = {cell_key(r) for r in read_rows(csv_path)}
-    stacks = [m for m in args.methods if m in DT_FAMILY] if args.stack_seeds else []
+    stacks = [m for m in args.methods if m in STACKABLE] if args.stack_seeds else []
     # what one process trains: a cell, or with --stack-seeds all seeds of a DT-family (method, dataset)
     groups = [
         (m, d, seeds) for m in args.methods for d in args.datasets
@@ -353,7 +370,7 @@ def run(args: argparse.Namespace) -> None:
         stage, online_key = (ODT_ONLINE, online) if method == "odt" else (method, 0)  # odt: done once fine-tuned
         todo = []
         for seed in seeds:
-            if (stage, label, seed, args.budget, steps, online_key) in done:
+            if (stage, label, seed, args.budget, steps, online_key, _settings(method)) in done:
                 print(f"skip {method} {label} seed {seed} (done)", flush=True)
             else:
                 todo.append(seed)
@@ -544,9 +561,14 @@ def report(out: Path) -> Path:
     shown = full_budget if full_budget in budgets else max(budgets, key=lambda b: sum((r["budget"], int(r["steps"])) == b for r in every))
     rows = [r for r in every if (r["budget"], int(r["steps"])) == shown]
     # Online DT rows of one online budget only: the most common, then the largest
-    online_budgets = sorted({_online_steps(r) for r in rows if r["method"] in ("odt", ODT_ONLINE)})
+    online_budgets = sorted({_online_steps(r) for r in rows if r["method"] in ODT_STAGES})
     online = max(online_budgets, key=lambda n: (sum(_online_steps(r) == n for r in rows), n)) if online_budgets else 0
-    rows = [r for r in rows if r["method"] not in ("odt", ODT_ONLINE) or _online_steps(r) == online]
+    rows = [r for r in rows if r["method"] not in ODT_STAGES or _online_steps(r) == online]
+    # Online DT rows of today's settings replace those of the earlier, non-faithful Online DT; alone, those are marked
+    earlier = [r for r in rows if r["method"] in ODT_STAGES and (r.get("settings") or "") != _settings("odt")]
+    earlier_shown = len(earlier) == sum(r["method"] in ODT_STAGES for r in rows)
+    if not earlier_shown:
+        rows = [r for r in rows if r not in earlier]
     datasets = [d for d in PAPER_DATASETS if any(r["dataset"] == d for r in rows)]
     datasets += sorted({r["dataset"] for r in rows} - set(datasets))
     methods = [m for m in STAGES if any(r["method"] == m for r in rows)]
@@ -561,6 +583,15 @@ def report(out: Path) -> Path:
         "Online DT adds a row for its fine-tuned policy); do not edit by hand (notes come from `gym_notes.md`).",
         "",
     ]
+    if earlier and earlier_shown:
+        lines += [
+            "> **ODT offline / ODT online: measured with the earlier (non-faithful) Online DT, rerun pending.** "
+            "Those rows trained with AdamW for every parameter under the warm-up, a timestep embedding, K steps when "
+            "acting, GPT-2's initialisation and a fresh AdamW at fine-tuning, not today's ODT settings (Protocol "
+            "below); rerun them with "
+            "`--methods odt` (rows of today's settings then replace them).",
+            "",
+        ]
     if shown != full_budget:
         lines += [
             f"> **Reduced budget — not the paper's protocol.** Shown: `{shown[0]}`, {shown[1]:,} gradient steps per run. "
@@ -573,7 +604,7 @@ def report(out: Path) -> Path:
     variants_done = [(d, m) for d in PAPER_DATASETS for m in VARIANTS if len(full_scores.get((d, m), [])) >= 3]
     not_run = [LABELS[m] for m in STAGES if m not in methods]
     also = [(b, n) for b, n in budgets if (b, n) != shown]
-    other_online = sorted({_online_steps(r) for r in every if r["method"] in ("odt", ODT_ONLINE)} - {online})
+    other_online = sorted({_online_steps(r) for r in every if r["method"] in ODT_STAGES} - {online})
     lines += [
         "## Status",
         "",
@@ -584,6 +615,7 @@ def report(out: Path) -> Path:
         f"variants (DC, ODT offline, ODT online): {len(variants_done)} of 27.",
         *[f"* Also in the CSV, not shown: `{b}` at {n:,} steps" for b, n in also],
         *[f"* Also in the CSV, not shown: Online DT fine-tuned for {n:,} environment steps" for n in other_online],
+        *([f"* Also in the CSV, not shown: {len(earlier)} rows of the earlier (non-faithful) Online DT"] if earlier and not earlier_shown else []),
         "",
         "## Normalised score at the end of training (mean ± std over seeds)",
         "",
@@ -646,11 +678,12 @@ def report(out: Path) -> Path:
         "* DT, BC and %BC: dtrl's transformer (`model.condition_on_return=false` for BC; %BC adds `top_fraction`); "
         "DT is conditioned on the best return in its dataset. CQL and IQL: d3rlpy with the settings of its D4RL "
         "reproduction scripts (`benchmarks/d3rlpy_adapter.py`), deterministic actions.",
-        "* Variants: DT's config and target with one setting changed — Decision ConvFormer `model.token_mixer=conv`, "
-        "Online DT `model.stochastic_policy=true` (evaluated with its mean action). Online DT is then fine-tuned by "
-        "`dtrl.finetune` (rollouts sample actions conditioned on twice the target, hindsight-relabelled replay of 1000 "
-        "trajectories starting from the dataset's best, AdamW lr 1e-4, weight decay 5e-4) and evaluated again on the "
-        "same seeds; the learning-curve figure shows its offline training only.",
+        "* Variants: DT's config, size and target with what defines each changed — Decision ConvFormer "
+        "`model.token_mixer=conv`; Online DT ODT's method settings, `" + " ".join(ODT_SETTINGS) + "` (evaluated "
+        "with its mean action on its last 5 steps). Online DT is then fine-tuned by `dtrl.finetune` (rollouts sample "
+        "actions conditioned on twice the target, hindsight-relabelled replay of 1000 trajectories starting from the "
+        "dataset's best, the pre-training optimiser and schedule continued, as ODT) and evaluated again on the same "
+        "seeds; the learning-curve figure shows its offline training only.",
         "* Budgets: " + "; ".join(f"`{n}`: {b.steps:,} steps, {b.eval_points} evaluation points, {b.episodes} episodes"
                                   + (", DT family 2 layers / width 64 / lr 1e-3 / warm-up 10%" if b.small_dt else ", DT at the paper's config")
                                   + f", Online DT {b.online_steps:,} online steps with {b.online_updates} updates of batch "
@@ -711,7 +744,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--shard", type=_shard, default=(0, 1), help="I/N: run every N-th cell (stack), from the I-th")
     p.add_argument(
         "--stack-seeds", action="store_true",
-        help="train the missing seeds of each DT-family (method, dataset) together in one process (dtrl.stacked)",
+        help=f"train the missing seeds of each (method, dataset) of {', '.join(STACKABLE)} together in one process (dtrl.stacked)",
     )  # fmt: skip
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default)")

@@ -150,7 +150,7 @@ def test_variants_write_offline_and_online_rows_and_the_report_compares_them(
 
 def test_report_reads_and_upgrade_keeps_a_csv_written_before_the_variants(tmp_path: Path) -> None:
     bench = _bench()
-    old_columns = [c for c in bench.COLUMNS if c != "online_steps"]
+    old_columns = [c for c in bench.COLUMNS if c not in ("online_steps", "settings")]
     row = {
         "method": "dt", "dataset": "pendulum-tiny", "env_id": "Pendulum-v1", "seed": "0", "budget": "cpu-reduced",
         "steps": "8", "eval_seed": str(bench.EVAL_SEED), "episodes": "2", "target_return": "-100.0",
@@ -168,7 +168,7 @@ def test_report_reads_and_upgrade_keeps_a_csv_written_before_the_variants(tmp_pa
     assert "* pendulum-tiny: Decision ConvFormer not run; ODT offline not run; ODT online not run." in report
     bench.upgrade_csv(csv_path)
     assert csv_path.read_text().splitlines()[0] == ",".join(bench.COLUMNS)
-    assert bench.read_rows(csv_path) == [{**row, "online_steps": ""}]
+    assert bench.read_rows(csv_path) == [{**row, "online_steps": "", "settings": ""}]
 
 
 def test_stack_seeds_trains_the_missing_seeds_together_with_the_rows_of_separate_runs(
@@ -199,3 +199,29 @@ def test_stack_seeds_trains_the_missing_seeds_together_with_the_rows_of_separate
         assert float(ours[column]) == pytest.approx(float(theirs[column]), abs=0.02)
     for column in ("curve", "calibration"):
         np.testing.assert_allclose(bench._pairs(ours[column]), bench._pairs(theirs[column]), atol=0.11)
+
+
+def test_rows_of_the_earlier_online_dt_are_marked_then_replaced_not_mixed(tmp_path: Path) -> None:
+    bench = _bench()
+    base = {
+        "dataset": "reach-tiny", "env_id": "DtrlTestReach-v0", "seed": "0", "budget": "cpu-reduced", "steps": "8",
+        "eval_seed": str(bench.EVAL_SEED), "episodes": "2", "target_return": "5.0", "return_mean": "1.0",
+        "return_std": "0.0", "score_std": "0.000", "calibration": "", "dataset_best_return": "5.0",
+        "train_eval_s": "1.0", "online_steps": "30", "device": "cpu",
+    }  # fmt: skip
+
+    def rows(score: str, settings: str) -> list[dict[str, str]]:
+        return [{**base, "method": m, "score_mean": score, "curve": f"4:0.1 8:{score}", "settings": settings}
+                for m in bench.ODT_STAGES]  # fmt: skip
+
+    out = tmp_path / "results"
+    bench.append_rows(out / bench.CSV_FILE, [{**base, "method": "dt", "online_steps": "", "score_mean": "0.500",
+                                             "curve": "4:0.1 8:0.5"}, *rows("11.111", "")])  # fmt: skip
+    report = bench.report(out).read_text()
+    assert "measured with the earlier (non-faithful) Online DT, rerun pending" in report and "11.1" in report
+    old_keys = {bench.cell_key(r) for r in bench.read_rows(out / bench.CSV_FILE)}
+    assert ("odt-online", "reach-tiny", 0, "cpu-reduced", 8, 30, bench._settings("odt")) not in old_keys  # redone
+    bench.append_rows(out / bench.CSV_FILE, rows("22.222", bench._settings("odt")))
+    report = bench.report(out).read_text()
+    assert "rerun pending" not in report and "22.2" in report and "11.1" not in report
+    assert "2 rows of the earlier (non-faithful) Online DT" in report

@@ -209,7 +209,7 @@ def test_episodes_shorter_than_the_context_train(tmp_path: Path) -> None:
     "override, message",
     [
         (["top_fraction=0"], r"top_fraction=0.0 must lie in \(0, 1\]"),
-        (["model.activation=tanh"], r"model.activation='tanh': choose 'relu' or 'gelu'"),
+        (["model.activation=tanh"], r"model.activation='tanh': choose 'relu', 'gelu' or 'gelu_exact'"),
         (["betas=[0.9]"], r"config key betas expects 2 values, got 1"),
         (["model=3"], r"config section model must be a mapping of keys, got 3: write e.g. model.KEY=VALUE"),
         (["grad_clip=-1"], r"grad_clip=-1.0 must be >= 0"),

@@ -327,6 +327,10 @@ def finetune(
     buffer_size: int = typer.Option(_FT.buffer_size, "--buffer-size", min=1, help="Replay capacity in trajectories."),
     batch_size: int = typer.Option(_FT.batch_size, "--batch-size", min=1),
     learning_rate: float = typer.Option(_FT.learning_rate, "--learning-rate"),
+    continue_optimizer: bool = typer.Option(
+        _FT.continue_optimizer, "--continue-optimizer",
+        help="Continue the checkpoint's optimiser, step count and learning-rate schedule, as ODT (then --learning-rate is unused).",
+    ),
     eval_episodes: int = typer.Option(_FT.eval_episodes, "--eval-episodes", min=1),
     eval_every: int = typer.Option(_FT.eval_every, "--eval-every", min=0, help="Also evaluate every N env steps."),
     seed: int = typer.Option(_FT.seed, "--seed", help="Seeds rollouts, action sampling and dropout."),
@@ -350,6 +354,7 @@ def finetune(
         buffer_size=buffer_size,
         batch_size=batch_size,
         learning_rate=learning_rate,
+        continue_optimizer=continue_optimizer,
         eval_episodes=eval_episodes,
         eval_every=eval_every,
         seed=seed,

@@ -52,7 +52,8 @@ class ModelConfig:
     """Hidden width of each block's MLP, as a multiple of n_embd."""
     activation: str = "relu"
     """MLP activation: relu (the paper's gym setting), gelu (tanh approximation, GPT-2's and
-    transformers' gelu_new) or gelu_exact (the erf form, transformers' gelu)."""
+    transformers' gelu_new) or gelu_exact (the erf form: PyTorch's default GELU, transformers' gelu,
+    and what the paper's Atari code uses)."""
     layer_norm_epsilon: float = 1e-5
     """Epsilon of the transformer blocks' and the final LayerNorm (transformers' layer_norm_epsilon);
     the embedding LayerNorm keeps 1e-5, as in transformers' Decision Transformer."""
@@ -73,6 +74,33 @@ class ModelConfig:
     uses the mean action, `dtrl finetune` samples."""
     init_temperature: float = 0.1
     """stochastic_policy: the entropy temperature at initialisation (Online DT: 0.1)."""
+    # --- embedding variants: Online DT's and the paper's Atari (minGPT) model; the defaults are the gym DT's
+    timestep_embedding: str = "step"
+    """'step': every token of step t gets the learned embedding of timestep t (the gym DT); 'none': no
+    timestep embedding (Online DT's code, `--ordering 0`); 'segment': one learned embedding of the timestep
+    of the window's first real step, added to all its tokens (the paper's Atari model, minGPT's
+    `global_pos_emb`; it starts at zero, as there)."""
+    position_embedding: str = "none"
+    """'learned': a learned embedding of each token's position in the window, counted from its first real
+    token, so a left-padded window and an unpadded one agree (the paper's Atari model, minGPT's `pos_emb`;
+    it starts at zero, as there); 'none': no position embedding (the gym DT)."""
+    embedding_tanh: bool = False
+    """tanh on the return, state and action embeddings (the paper's Atari model); the CNN state encoder
+    ends in tanh either way."""
+    embedding_layernorm: bool = True
+    """A LayerNorm over the token embeddings before the transformer (the gym DT, Online DT); the paper's
+    Atari model has none."""
+    action_head_bias: bool = True
+    """A bias in the action head (the gym DT); the paper's Atari model's head has none."""
+    init: str = "gpt2"
+    """Initial weights: 'gpt2', GPT-2's for every layer (N(0, 0.02), residual projections scaled by
+    1/sqrt(2 n_layer)); 'mingpt', the paper's Atari code's (unscaled residual projections, the CNN and the
+    return embedding at PyTorch's defaults); 'odt', Online DT's code's (N(0, 0.02), unscaled, in the
+    transformer only, as its 2021 copy of Hugging Face's GPT-2; PyTorch's defaults for the embeddings;
+    orthogonal Gaussian heads)."""
+    eval_context_length: int = 0
+    """Steps the policy sees when it acts (evaluation, `dtrl eval`, fine-tuning rollouts, exported
+    policies); 0: context_length. Online DT acts on 5 steps of a model trained at K = 20."""
 
     def validate(self) -> None:
         _positive(self, "context_length", "max_episode_length", "n_layer", "n_head", "n_embd", "mlp_ratio")
@@ -81,7 +109,7 @@ class ModelConfig:
         if not 0.0 <= self.dropout < 1.0:
             raise DtrlError(f"model.dropout={self.dropout} must lie in [0, 1)")
         if self.activation not in ("relu", "gelu", "gelu_exact"):
-            raise DtrlError(f"model.activation={self.activation!r}: choose 'relu' or 'gelu' (or 'gelu_exact', GELU's erf form)")
+            raise DtrlError(f"model.activation={self.activation!r}: choose 'relu', 'gelu' or 'gelu_exact' (GELU's erf form)")
         if not self.layer_norm_epsilon > 0:
             raise DtrlError(f"model.layer_norm_epsilon={self.layer_norm_epsilon} must be > 0")
         if self.token_mixer not in ("attention", "conv"):
@@ -93,6 +121,14 @@ class ModelConfig:
             )
         if not self.init_temperature > 0:
             raise DtrlError(f"model.init_temperature={self.init_temperature} must be > 0")
+        _choice(self, "timestep_embedding", ("step", "none", "segment"))
+        _choice(self, "position_embedding", ("none", "learned"))
+        _choice(self, "init", ("gpt2", "mingpt", "odt"))
+        if not 0 <= self.eval_context_length <= self.context_length:
+            raise DtrlError(
+                f"model.eval_context_length={self.eval_context_length} must lie in [0, "
+                f"model.context_length={self.context_length}] (0: the whole context)"
+            )
 
 
 @dataclass
@@ -133,6 +169,15 @@ class TrainConfig:
     """Decay only the weight matrices of linear and convolution layers, sparing biases, LayerNorms and
     embeddings (minGPT; the paper's Atari code); false: every parameter (the paper's gym code)."""
     betas: tuple[float, float] = (0.9, 0.999)
+    optimizer: str = "adamw"
+    """'adamw' (the paper's) or 'lamb': LAMB (torch-optimizer's, configured as Online DT's code's; `pip install
+    "dtrl[odt]"`) with the same learning rate, weight decay, betas and schedule."""
+    temperature_learning_rate: float = 0.0
+    """model.stochastic_policy: > 0 gives the learned temperature its own Adam at this constant rate, no
+    warm-up and no weight decay (Online DT: 1e-4); 0: it is a parameter of the main optimizer."""
+    in_episode_segments: bool = False
+    """Keep every training segment inside its episode, K real steps (the paper's Atari code): one that would
+    run past its episode's end ends there instead; false: it is cut there and left-padded (the gym code)."""
     warmup_steps: int = 10_000
     """Linear learning-rate warm-up from 0; then constant, or decayed by ``lr_decay``."""
     lr_decay: str = "none"
@@ -169,6 +214,9 @@ class TrainConfig:
             raise DtrlError(f"val_fraction={self.val_fraction} must lie in [0, 1)")
         if self.lr_decay not in ("none", "cosine"):
             raise DtrlError(f"lr_decay={self.lr_decay!r}: choose 'none' or 'cosine'")
+        _choice(self, "optimizer", ("adamw", "lamb"))
+        if self.temperature_learning_rate < 0:
+            raise DtrlError(f"temperature_learning_rate={self.temperature_learning_rate} must be >= 0")
         if self.precision not in ("fp32", "bf16"):
             raise DtrlError(f"precision={self.precision!r}: choose 'fp32' or 'bf16'")
         for name in ("weight_decay", "warmup_steps", "grad_clip", "eval_every", "num_threads", "eval_max_episode_steps"):
@@ -181,7 +229,8 @@ class FinetuneConfig:
     """Online fine-tuning of a stochastic-policy checkpoint (`dtrl finetune`, Online DT).
 
     Defaults follow ODT's gym settings (buffer, updates per rollout, learning rate,
-    weight decay), with a CPU-sized online budget.
+    weight decay), with a CPU-sized online budget and a fresh AdamW; ``continue_optimizer``
+    continues the pre-training optimiser instead, as ODT's code does.
     """
 
     env: str = ""
@@ -203,6 +252,11 @@ class FinetuneConfig:
     batch_size: int = 64
     learning_rate: float = 1e-4
     weight_decay: float = 5e-4
+    continue_optimizer: bool = False
+    """Continue the checkpoint's optimiser (its moments, step count and learning-rate schedule, the
+    temperature's own optimiser included) with the training run's optimisation settings, as Online DT's
+    code does; learning_rate and weight_decay are then unused. False: a fresh AdamW at learning_rate,
+    constant."""
     grad_clip: float = 0.25
     eval_episodes: int = 10
     eval_every: int = 0
@@ -222,6 +276,12 @@ class FinetuneConfig:
         for name in ("weight_decay", "grad_clip", "eval_every"):
             if getattr(self, name) < 0:
                 raise DtrlError(f"{name.replace('_', '-')}={getattr(self, name)} must be >= 0")
+
+
+def _choice(obj: Any, name: str, choices: tuple[str, ...]) -> None:
+    if getattr(obj, name) not in choices:
+        prefix = "model." if isinstance(obj, ModelConfig) else ""
+        raise DtrlError(f"{prefix}{name}={getattr(obj, name)!r}: choose {' or '.join(repr(c) for c in choices)}")
 
 
 def _positive(obj: Any, *names: str) -> None:

@@ -54,6 +54,8 @@ class WindowPolicy(nn.Module):
         self.discrete = spec.model.discrete
         self.bounded = norm.get("action_low") is not None
         self.action_start = int(space.get("start", 0)) if self.discrete else 0
+        K = spec.model.context_length  # the policy acts on the newest eval_context_length steps (Online DT's padding)
+        self.register_buffer("recent", torch.arange(K) >= K - (spec.model.eval_context_length or K))
         self.register_buffer("state_mean", torch.tensor(norm["state_mean"], dtype=torch.float32))
         self.register_buffer("state_std", torch.tensor(norm["state_std"], dtype=torch.float32))
         # unbounded boxes and discrete actions pass through, as in Normalizer
@@ -78,6 +80,7 @@ class WindowPolicy(nn.Module):
                 span = self.action_high - self.action_low
                 past = (2.0 * (past - self.action_low) / span - 1.0).clamp(-1.0, 1.0)
             model_actions = torch.cat([past[:, :-1], torch.zeros_like(past[:, -1:])], dim=1)
+        mask = mask & self.recent
         pred = self.model(returns_to_go / self.reward_scale, states, model_actions, timesteps, mask)[:, -1]
         if self.discrete:
             return pred.argmax(dim=-1) + self.action_start

@@ -19,6 +19,7 @@ action on the same evaluation seeds; rollouts use seeds drawn away from those.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections import deque
@@ -31,7 +32,14 @@ import numpy as np
 import torch
 import yaml
 
-from dtrl.checkpoint import PolicySpec, latest_checkpoint, load_policy_files, save_checkpoint
+from dtrl.checkpoint import (
+    TRAIN_STATE_FILE,
+    PolicySpec,
+    latest_checkpoint,
+    load_policy_files,
+    load_train_state,
+    save_checkpoint,
+)
 from dtrl.config import FinetuneConfig, TrainConfig
 from dtrl.data.episodes import Episode, EpisodeDataset, atomic_write, space_from_dict
 from dtrl.data.sampler import Normalizer, SegmentSampler
@@ -41,6 +49,7 @@ from dtrl.evaluate import EpisodeRecorder, EvalResult, evaluate, rollout
 from dtrl.models import DecisionTransformer
 from dtrl.models.gaussian import stochastic_action_loss, temperature
 from dtrl.policy import DecisionTransformerPolicy, pick_device
+from dtrl.runs import training_config
 from dtrl.tracking import write_run_info
 from dtrl.train import Diverged, MetricsLogger, build_optimizer, train_step
 
@@ -97,6 +106,34 @@ def collect(
     return recorder.episodes()
 
 
+def online_optimizer(
+    model: DecisionTransformer, directory: Path, config: FinetuneConfig
+) -> tuple[TrainConfig, torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """The optimisation of the online updates: a fresh AdamW at ``config.learning_rate`` with no warm-up,
+    or with ``continue_optimizer`` the checkpoint's own optimizer and schedule, continued (ODT keeps its
+    LAMB, temperature Adam and warm-up schedule from pre-training into fine-tuning)."""
+    if not config.continue_optimizer:
+        train_config = TrainConfig(
+            learning_rate=config.learning_rate, weight_decay=config.weight_decay, warmup_steps=0,
+            batch_size=config.batch_size, grad_clip=config.grad_clip,
+        )  # fmt: skip
+        return (train_config, *build_optimizer(model, train_config))  # no warm-up: a constant learning rate
+    run_config = training_config(directory)
+    if run_config is None or not (directory / TRAIN_STATE_FILE).is_file():
+        raise DtrlError(
+            f"{directory} is not a training checkpoint (no training config or {TRAIN_STATE_FILE}), so it has no "
+            "optimizer to continue: point at a run directory or checkpoint, or drop --continue-optimizer"
+        )
+    train_config = dataclasses.replace(
+        run_config, batch_size=config.batch_size, grad_clip=config.grad_clip, precision="fp32", compile=False
+    )
+    optimizer, scheduler = build_optimizer(model, train_config)
+    state = load_train_state(directory)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    return train_config, optimizer, scheduler
+
+
 @dataclass
 class FinetuneResult:
     out_dir: Path
@@ -144,6 +181,7 @@ def finetune(
     torch.manual_seed(config.seed)
     model = DecisionTransformer(spec.model).to(device)
     model.load_state_dict(weights)
+    train_config, optimizer, scheduler = online_optimizer(model, directory, config)
     spec.env_id = env_id
     eval_target = float(offline_data.episode_returns.max()) if config.eval_target is None else config.eval_target
     online_target = eval_target + abs(eval_target) if config.target_return is None else config.target_return
@@ -162,11 +200,6 @@ def finetune(
     normalizer = Normalizer.from_dict(spec.normalizer)
     obs_space, act_space = space_from_dict(spec.observation_space), space_from_dict(spec.action_space)
     buffer = TrajectoryBuffer(config.buffer_size, list(offline_data))
-    train_config = TrainConfig(
-        learning_rate=config.learning_rate, weight_decay=config.weight_decay, warmup_steps=0,
-        batch_size=config.batch_size, grad_clip=config.grad_clip,
-    )
-    optimizer, scheduler = build_optimizer(model, train_config)  # no warm-up: a constant learning rate
     generator = torch.Generator(device=device).manual_seed(config.seed)
     # never more episodes than steps, so seeds of different runs' rollouts never overlap
     seeds = ROLLOUT_SEED_BASE + config.seed * max(100_000, config.steps) + np.arange(config.steps)
@@ -220,7 +253,10 @@ def finetune(
         online = run_eval()
         logger.log(env_steps, {f"eval/return_mean@{eval_target:g}": online[0].mean})
         spec.step = updates
-        state = {"step": updates, "env_steps": env_steps, "optimizer": optimizer.state_dict()}
+        state = {
+            "step": updates, "env_steps": env_steps, "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+        }  # fmt: skip
         ckpt = save_checkpoint(out_dir, updates, spec, model.state_dict(), state, keep=1)
     finally:
         logger.close()

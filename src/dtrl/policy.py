@@ -44,10 +44,11 @@ class DecisionTransformerPolicy:
         self, model: DecisionTransformer, spec: PolicySpec, device: str | torch.device = "cpu", kv_cache: bool = False
     ) -> None:
         """``kv_cache=True`` decodes incrementally (three new tokens per step, see
-        :class:`~dtrl.models.decision_transformer.DecodingCache`) when the model's blocks
-        all use attention; otherwise, and by default, each action recomputes the last K steps."""
+        :class:`~dtrl.models.decision_transformer.DecodingCache`) where the model supports it
+        (:attr:`~dtrl.models.decision_transformer.DecisionTransformer.supports_kv_cache`); otherwise,
+        and by default, each action recomputes the last :attr:`context_length` steps."""
         self.device = torch.device(device)
-        self.kv_cache = kv_cache and model.transformer.supports_kv_cache
+        self.kv_cache = kv_cache and model.supports_kv_cache
         self._sampler: torch.Generator | None = None
         self._cache: DecodingCache | None = None
         self._previous_actions: torch.Tensor | None = None
@@ -114,6 +115,11 @@ class DecisionTransformerPolicy:
         return self.spec.model.discrete or self.spec.model.stochastic_policy
 
     @property
+    def context_length(self) -> int:
+        """Steps the policy acts on: ``model.eval_context_length``, or the model's K when that is 0."""
+        return self.spec.model.eval_context_length or self.spec.model.context_length
+
+    @property
     def _samples_gaussian(self) -> bool:
         return self._sampler is not None and not self.spec.model.discrete
 
@@ -126,7 +132,7 @@ class DecisionTransformerPolicy:
         if len(targets) not in (1, n):
             raise DtrlError(f"got {len(targets)} target returns for {n} environments: give one or one per env")
         cfg = self.spec.model
-        K = cfg.context_length
+        K = self.context_length
         self._rtg = torch.zeros(n, K, device=self.device)
         self._states = torch.zeros(n, K, cfg.observation_dim, device=self.device)
         shape = (n, K) if cfg.discrete else (n, K, cfg.action_dim)
@@ -146,7 +152,7 @@ class DecisionTransformerPolicy:
         obs = obs.reshape(-1, self.spec.model.observation_dim) if self._batched else obs.reshape(1, -1)
         if obs.shape[0] != self._rtg.shape[0]:
             raise DtrlError(f"got {obs.shape[0]} observations for {self._rtg.shape[0]} environments set by reset()")
-        K = self.spec.model.context_length
+        K = self.context_length
         if self._t > 0:
             r = torch.as_tensor(np.asarray(reward, dtype=np.float64).reshape(-1) / self.spec.reward_scale, device=self.device)
             self._next_rtg = self._next_rtg - r.float()

@@ -322,7 +322,7 @@ class StackedRun:
         model_config = self.data.model_config
         self.runs = [
             _Seed(c, SegmentSampler(self.data.dataset, model_config.context_length, config.reward_scale,
-                                    self.data.normalizer, self.device, c.seed))
+                                    self.data.normalizer, self.device, c.seed, in_episode=config.in_episode_segments))
             for c in configs
         ]
         models = []
@@ -416,6 +416,11 @@ def _check_supported(config: TrainConfig) -> None:
         )
     if config.val_fraction:
         raise DtrlError("val_fraction is for single runs: train without --seeds, or set val_fraction=0")
+    if config.optimizer != "adamw" or config.temperature_learning_rate > 0:
+        raise DtrlError(
+            "stacked seeds share one elementwise AdamW: LAMB's per-tensor trust ratio and a separate temperature "
+            "optimizer would mix the seeds; set optimizer=adamw temperature_learning_rate=0, or train the seeds one by one"
+        )
     if config.compile:
         log.warning("compile=true is not used for stacked seeds: the vmapped step runs eagerly")
     if config.wandb:

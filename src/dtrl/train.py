@@ -1,7 +1,7 @@
 """Train a Decision Transformer on an offline dataset.
 
 ``train(config)`` loads the data, builds the model, and runs the paper's
-recipe: AdamW, linear warm-up, gradient clipping, MSE (continuous) or
+recipe: AdamW (or Online DT's LAMB), linear warm-up, gradient clipping, MSE (continuous) or
 cross-entropy (discrete) on the predicted actions of real (unpadded) steps.
 The run directory receives the resolved config, ``metrics.jsonl``, TensorBoard
 events and atomic checkpoints; ``resume=True`` continues bit-exactly from the
@@ -45,6 +45,7 @@ from dtrl.errors import DiskError, DtrlError, write_error
 from dtrl.evaluate import EvalResult, evaluate
 from dtrl.models import DecisionTransformer
 from dtrl.models.gaussian import TEMPERATURE, network_parameters, stochastic_action_loss, temperature
+from dtrl.optimizers import WithTemperatureOptimizer, lamb, temperature_adam
 from dtrl.policy import DecisionTransformerPolicy, pick_device
 from dtrl.tracking import start_wandb, write_run_info
 from dtrl.validation import ActionError, hold_out, validation_split
@@ -108,14 +109,18 @@ def action_loss(model: torch.nn.Module, batch: Batch, dist: Dist = Dist()) -> to
 
 def build_optimizer(
     model: torch.nn.Module, config: TrainConfig, fused: bool | None = None
-) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
-    """AdamW with the learning rate of :func:`learning_rate_factor`.
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW (or LAMB, ``optimizer=lamb``) with the learning rate of :func:`learning_rate_factor`.
 
     Parameters without weight decay (a stochastic policy's learned temperature; with
     ``weight_decay_matrices_only`` also biases, LayerNorms and embeddings) form a second group.
+    With ``temperature_learning_rate`` the temperature has its own Adam instead
+    (:class:`~dtrl.optimizers.WithTemperatureOptimizer`), outside the schedule.
     """
     network = list(network_parameters(model))
     spared = [p for name, p in model.named_parameters() if name.rsplit(".", 1)[-1] == TEMPERATURE]
+    own_temperature = bool(spared) and config.temperature_learning_rate > 0
+    temperature_params, spared = (spared, []) if own_temperature else ([], spared)
     if config.weight_decay_matrices_only:
         matrices = {id(m.weight) for m in model.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))}
         spared = [p for p in network if id(p) not in matrices] + spared
@@ -123,11 +128,16 @@ def build_optimizer(
     params: list[dict[str, Any]] = [{"params": network}]
     if spared:
         params.append({"params": spared, "weight_decay": 0.0})
-    if fused is None:  # one kernel for every parameter's update where the device has one: same maths, fewer passes
-        fused = next(model.parameters()).device.type in ("cpu", "cuda")
-    optimizer = torch.optim.AdamW(
-        params, lr=config.learning_rate, weight_decay=config.weight_decay, betas=config.betas, fused=fused
-    )
+    if config.optimizer == "lamb":
+        optimizer: torch.optim.Optimizer = lamb(params, config.learning_rate, config.weight_decay, config.betas)
+    else:
+        if fused is None:  # one kernel for every parameter's update where the device has one: same maths, fewer passes
+            fused = next(model.parameters()).device.type in ("cpu", "cuda")
+        optimizer = torch.optim.AdamW(
+            params, lr=config.learning_rate, weight_decay=config.weight_decay, betas=config.betas, fused=fused
+        )
+    if own_temperature:
+        optimizer = WithTemperatureOptimizer(optimizer, temperature_adam(temperature_params, config))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: learning_rate_factor(step, config))
     return optimizer, scheduler
 
@@ -502,7 +512,8 @@ def _train(
     env_id, model_config, spec = data.env_id, data.model_config, data.spec
     rank_seed = distributed.rank_seed(config.seed, dist.rank)
     sampler = SegmentSampler(
-        data.dataset, model_config.context_length, config.reward_scale, data.normalizer, device, rank_seed
+        data.dataset, model_config.context_length, config.reward_scale, data.normalizer, device, rank_seed,
+        in_episode=config.in_episode_segments,
     )
     model = DecisionTransformer(model_config).to(device)
     if dist.rank:

@@ -13,7 +13,10 @@ Sampling follows the paper's code: an episode is drawn with probability
 proportional to its length and a start step uniformly within it, which is the
 same as drawing the start uniformly over all transitions. A segment that would
 run past the end of its episode is shorter than K and is left-padded, with
-``mask`` False on the padding.
+``mask`` False on the padding. With ``in_episode=True`` (the paper's Atari code)
+such a segment is moved back to end where its episode ends, so it holds K real
+steps; only an episode shorter than K still gives a padded segment (the Atari
+code would instead reach into the episode before).
 """
 
 from __future__ import annotations
@@ -124,10 +127,13 @@ class SegmentSampler:
         device: str | torch.device = "cpu",
         seed: int = 0,
         from_disk: bool | None = None,
+        in_episode: bool = False,
     ) -> None:
         """``from_disk`` (default: whether the dataset is an on-disk store) reads rows per batch
-        instead of copying the whole dataset to the device first."""
+        instead of copying the whole dataset to the device first; ``in_episode`` keeps segments
+        inside their episodes (see the module docstring)."""
         self.context_length = context_length
+        self.in_episode = in_episode
         self.device = torch.device(device)
         self.normalizer = normalizer or Normalizer.from_dataset(dataset)
         self.from_disk = dataset.on_disk if from_disk is None else from_disk
@@ -173,9 +179,13 @@ class SegmentSampler:
         if self.from_disk:
             episode = np.searchsorted(self._starts, start.numpy(), side="right") - 1
             end = torch.from_numpy(self._starts[episode + 1])
+            if self.in_episode:
+                start = torch.maximum(torch.minimum(start, end - K), torch.from_numpy(self._starts[episode]))
         else:
             start = start.to(self.device)
             end = self.episode_end[start]
+            if self.in_episode:
+                start = torch.maximum(torch.minimum(start, end - K), start - self.timesteps[start])
         length = torch.clamp(end - start, max=K)  # (B,)
         pad = K - length
         mask = self._offsets[None, :] >= pad[:, None]  # (B, K)

@@ -10,6 +10,13 @@ tokens are left out and the same network becomes a behaviour-cloning baseline.
 ``token_mixer="conv"`` swaps attention for Decision ConvFormer's causal
 convolution (:mod:`dtrl.models.mixers`); ``stochastic_policy`` adds the Online
 DT's Gaussian head and learned entropy temperature (:mod:`dtrl.models.gaussian`).
+
+The embedding options reproduce two other published models on the same network:
+Online DT's code embeds no timestep (``timestep_embedding="none"``); the paper's
+Atari model (minGPT) adds one embedding of the window's first timestep plus a
+learned per-position embedding to every token, puts tanh on the modality
+embeddings and has no embedding LayerNorm (``timestep_embedding="segment"``,
+``position_embedding="learned"``, ``embedding_tanh``, ``embedding_layernorm=False``).
 """
 
 from __future__ import annotations
@@ -37,7 +44,8 @@ class DecisionTransformer(nn.Module):
             )
         self.config = config
         d = config.n_embd
-        self.embed_timestep = nn.Embedding(config.max_episode_length, d)
+        no_time = config.timestep_embedding == "none"
+        self.embed_timestep = None if no_time else nn.Embedding(config.max_episode_length, d)
         self.embed_return = nn.Linear(1, d) if config.condition_on_return else None
         self.embed_state: nn.Module = (
             NatureCNN(config.observation_shape, d) if config.observation_shape else nn.Linear(config.observation_dim, d)
@@ -46,7 +54,7 @@ class DecisionTransformer(nn.Module):
             self.embed_action: nn.Module = nn.Embedding(config.action_dim, d)
         else:
             self.embed_action = nn.Linear(config.action_dim, d)
-        self.embed_ln = nn.LayerNorm(d)
+        self.embed_ln = nn.LayerNorm(d) if config.embedding_layernorm else None
         self.embed_dropout = nn.Dropout(config.dropout)
         self.transformer = Transformer(
             config.n_layer,
@@ -61,11 +69,33 @@ class DecisionTransformer(nn.Module):
             3 if config.condition_on_return else 2,
             config.layer_norm_epsilon,
         )
-        self.action_head = nn.Linear(d, config.action_dim)
+        self.action_head = nn.Linear(d, config.action_dim, bias=config.action_head_bias)
         if config.stochastic_policy:  # the action head then predicts the Gaussian's mean
             self.action_log_std = nn.Linear(d, config.action_dim)
             self.log_temperature = init_log_temperature(config.init_temperature)
-        init_gpt2_weights(self, config.n_layer)
+        tokens_per_step = 3 if config.condition_on_return else 2
+        if config.position_embedding == "learned":
+            self.embed_position = nn.Embedding(tokens_per_step * config.context_length, d)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        """``model.init``: GPT-2's initialisation, or the paper's Atari code's, or Online DT's code's."""
+        config = self.config
+        init_gpt2_weights(self, config.n_layer, scale_residual=config.init == "gpt2")
+        if config.init == "mingpt":  # minGPT builds the CNN and the return embedding after its init
+            _default_init(self.embed_state, self.embed_return)
+        elif config.init == "odt":  # ODT: its GPT-2 copy's init in the transformer only, orthogonal heads
+            _default_init(self.embed_state, self.embed_return, self.embed_action, self.embed_timestep)
+            if config.stochastic_policy:
+                for head in (self.action_head, self.action_log_std):
+                    nn.init.orthogonal_(head.weight)
+                    nn.init.zeros_(head.bias)
+            else:
+                _default_init(self.action_head)
+        if config.position_embedding == "learned":
+            nn.init.zeros_(self.embed_position.weight)  # minGPT's pos_emb and global_pos_emb start at zero
+        if config.timestep_embedding == "segment":
+            nn.init.zeros_(self.embed_timestep.weight)
 
     def forward(
         self,
@@ -87,16 +117,24 @@ class DecisionTransformer(nn.Module):
         the pre-squash mean and log standard deviation, each (B, T, act).
         """
         B, T = timesteps.shape
-        time = self.embed_timestep(timesteps.clamp(max=self.config.max_episode_length - 1))
-        dtype = states.dtype if states.is_floating_point() else time.dtype  # uint8 pixels: the model's dtype
-        if not self.config.discrete:
+        cfg = self.config
+        per_step_time = cfg.timestep_embedding == "step"
+        time = self._timestep(timesteps) if per_step_time else 0.0
+        dtype = states.dtype if states.is_floating_point() else self.action_head.weight.dtype  # uint8 pixels
+        if not cfg.discrete:
             actions = actions.to(dtype)
-        per_step = [self.embed_state(states) + time, self.embed_action(actions) + time]
-        if self.config.condition_on_return:
-            per_step.insert(0, self.embed_return(returns_to_go.unsqueeze(-1).to(dtype)) + time)
+        squash = torch.tanh if cfg.embedding_tanh else _identity
+        state = self.embed_state(states)
+        if not cfg.observation_shape:  # the CNN ends in tanh already
+            state = squash(state)
+        per_step = [state + time, squash(self.embed_action(actions)) + time]
+        if cfg.condition_on_return:
+            per_step.insert(0, squash(self.embed_return(returns_to_go.unsqueeze(-1).to(dtype))) + time)
         n = len(per_step)
         tokens = torch.stack(per_step, dim=2).reshape(B, n * T, -1)
-        x = self.embed_dropout(self.embed_ln(tokens))
+        if cfg.timestep_embedding == "segment" or cfg.position_embedding == "learned":
+            tokens = tokens + self._window_embeddings(timesteps, mask, n)
+        x = self.embed_dropout(tokens if self.embed_ln is None else self.embed_ln(tokens))
         attn_mask = None if mask is None else causal_padding_mask(mask.repeat_interleave(n, dim=1))
         h = self.transformer(x, attn_mask)
         h_state = h[:, n - 2 :: n]  # hidden state at each s_t token
@@ -106,6 +144,31 @@ class DecisionTransformer(nn.Module):
         if not self.config.discrete and self.config.action_tanh:
             pred = torch.tanh(pred)
         return pred
+
+    def _timestep(self, timesteps: torch.Tensor) -> torch.Tensor:
+        return self.embed_timestep(timesteps.clamp(max=self.config.max_episode_length - 1))
+
+    def _window_embeddings(self, timesteps: torch.Tensor, mask: torch.Tensor | None, n: int) -> torch.Tensor:
+        """minGPT's per-window embeddings, (B, n·T, d): the first real step's timestep ('segment') plus each
+        token's position counted from the first real token ('learned'). Padding is on the left."""
+        B, T = timesteps.shape
+        pad = torch.zeros(B, dtype=torch.long, device=timesteps.device) if mask is None else (~mask).sum(1)
+        out = 0.0
+        if self.config.timestep_embedding == "segment":
+            out = self._timestep(timesteps.gather(1, pad[:, None]))  # (B, 1, d)
+        if self.config.position_embedding == "learned":
+            position = torch.arange(n * T, device=timesteps.device)[None, :] - n * pad[:, None]
+            out = out + self.embed_position(position.clamp(min=0))
+        return out
+
+    @property
+    def supports_kv_cache(self) -> bool:
+        """Incremental decoding covers attention blocks over the gym DT's embeddings and head, at the full context."""
+        c = self.config
+        gym_embeddings = (
+            c.timestep_embedding, c.position_embedding, c.embedding_tanh, c.embedding_layernorm, c.action_head_bias
+        ) == ("step", "none", False, True, True)  # fmt: skip
+        return self.transformer.supports_kv_cache and gym_embeddings and c.eval_context_length in (0, c.context_length)
 
     # ------------------------------------------------------------------ incremental decoding
     def new_cache(
@@ -118,10 +181,10 @@ class DecisionTransformer(nn.Module):
         fewer operations per step, reading the weights as they are now; ``fast=False`` the
         module-by-module :class:`DecodingCache`. :meth:`step` takes either.
         """
-        if not self.transformer.supports_kv_cache:
+        if not self.supports_kv_cache:
             raise DtrlError(
-                f"model.token_mixer={self.config.token_mixer!r} has no key/value cache: "
-                "use the full-recompute policy (kv_cache=False)"
+                "this model has no key/value cache (it needs model.token_mixer='attention', the gym DT's "
+                "embeddings and the full context): use the full-recompute policy (kv_cache=False)"
             )
         if fast or (fast is None and FastDecodingCache.supports(self)):
             return FastDecodingCache(self, batch, torch.device(device))
@@ -168,6 +231,18 @@ class DecisionTransformer(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+def _default_init(*modules: nn.Module | None) -> None:
+    """Back to PyTorch's own initialisation of each layer (``reset_parameters``)."""
+    for module in modules:
+        for m in module.modules() if module is not None else ():
+            if isinstance(m, (nn.Linear, nn.Conv2d, nn.Embedding)):
+                m.reset_parameters()
 
 
 class DecodingCache:

@@ -75,7 +75,7 @@ class FastDecodingCache:
 
     @staticmethod
     def supports(model: "DecisionTransformer") -> bool:
-        return model.transformer.supports_kv_cache and not model.training and model.config.context_length > 1
+        return model.supports_kv_cache and not model.training and model.config.context_length > 1
 
     @torch.no_grad()
     def __init__(

@@ -180,11 +180,13 @@ def causal_padding_mask(token_mask: torch.Tensor) -> torch.Tensor:
     return (causal & (token_mask[:, None, :] | eye))[:, None]
 
 
-def init_gpt2_weights(module: nn.Module, n_layer: int) -> None:
-    """GPT-2 initialisation: N(0, 0.02) weights, residual projections scaled by 1/sqrt(2 n_layer)."""
+def init_gpt2_weights(module: nn.Module, n_layer: int, scale_residual: bool = True) -> None:
+    """GPT-2 initialisation: N(0, 0.02) weights, residual projections scaled by 1/sqrt(2 n_layer)
+    (``scale_residual=False``: unscaled, as minGPT)."""
     for name, m in module.named_modules():
         if isinstance(m, (nn.Linear, nn.Embedding)):
-            std = 0.02 / math.sqrt(2 * n_layer) if name.endswith(".proj") and "blocks" in name else 0.02
+            residual = scale_residual and name.endswith(".proj") and "blocks" in name
+            std = 0.02 / math.sqrt(2 * n_layer) if residual else 0.02
             nn.init.normal_(m.weight, mean=0.0, std=std)
             if isinstance(m, nn.Linear) and m.bias is not None:
                 nn.init.zeros_(m.bias)
