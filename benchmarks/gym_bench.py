@@ -2,12 +2,15 @@
 ConvFormer and Online DT, on the same episodes.
 
     python benchmarks/gym_bench.py --budget cpu-reduced --datasets hopper-medium,hopper-medium-replay \\
-        --methods dt,bc,pbc,cql,iql,dc,odt --seeds 0,1,2    # run (resumable), then write the report
+        --methods dt,bc,pbc,tbc,cql,iql,dc,odt --seeds 0,1,2    # run (resumable), then write the report
     python benchmarks/gym_bench.py --report                        # redraw report + plots from the CSV
 
-Methods. ``dt``: the Decision Transformer with dtrl's paper defaults. ``bc``: the paper's BC
-variant, the *same transformer* trained without return tokens (``model.condition_on_return=false``),
-not an MLP. ``pbc``: that BC on the top ``--pbc-fraction`` (10%) of episodes by return.
+Methods. ``dt``: the Decision Transformer with dtrl's paper defaults. ``bc``: the paper's gym BC,
+an MLP from the last K states to the action (``model.kind=mlp grad_clip=0``, its ``MLPBCModel`` and
+``ActTrainer``). ``pbc``: %BC,
+that MLP on the best episodes holding ``--pbc-fraction`` (10%) of the timesteps (``top_fraction``, the
+paper's ``pct_traj``). ``tbc``: BC with DT's transformer trained without return tokens
+(``model.condition_on_return=false``; the paper's Atari BC), which isolates what the returns add.
 ``cql`` / ``iql``: d3rlpy with its published D4RL settings, fed the very same episodes
 (``d3rlpy_adapter.py``; ``pip install -e ".[bench]"``). The variants (docs/variants.md) differ from
 ``dt`` in what defines them: ``dc``, Decision ConvFormer, is ``model.token_mixer=conv``; ``odt``, Online
@@ -76,29 +79,36 @@ from dtrl.plot import plot_seeds, save_figure  # noqa: E402
 from dtrl.stacked import train_stacked  # noqa: E402
 from dtrl.train import open_dataset, train  # noqa: E402
 
-METHODS = ("dt", "bc", "pbc", "cql", "iql", "dc", "odt")
-DT_FAMILY = ("dt", "bc", "pbc", "dc", "odt")
+METHODS = ("dt", "bc", "pbc", "tbc", "cql", "iql", "dc", "odt")
+DT_FAMILY = ("dt", "bc", "pbc", "tbc", "dc", "odt")
 """The methods dtrl trains (CQL and IQL are d3rlpy's)."""
-STACKABLE = ("dt", "bc", "pbc", "dc")
+STACKABLE = ("dt", "bc", "pbc", "tbc", "dc")
 """The ones ``--stack-seeds`` stacks: ``odt`` trains with LAMB, whose per-tensor trust ratio a stack cannot share."""
 ODT_ONLINE = "odt-online"
 """The row an ``odt`` cell adds for the fine-tuned policy (a stage, not a method to ask for)."""
 STAGES = (*METHODS, ODT_ONLINE)
 VARIANTS = ("dc", "odt", ODT_ONLINE)
+EXTRA_BASELINES = ("tbc",)
+"""Baselines of dtrl's own, not in the paper's gym table."""
 LABELS = {
-    "dt": "DT", "bc": "BC (same transformer, no returns)", "pbc": "%BC", "cql": "CQL (d3rlpy)", "iql": "IQL (d3rlpy)",
-    "dc": "Decision ConvFormer", "odt": "ODT offline", ODT_ONLINE: "ODT online",
+    "dt": "DT", "bc": "BC (MLP)", "pbc": "%BC (MLP)", "tbc": "BC (transformer, no returns)", "cql": "CQL (d3rlpy)",
+    "iql": "IQL (d3rlpy)", "dc": "Decision ConvFormer", "odt": "ODT offline", ODT_ONLINE: "ODT online",
 }  # fmt: skip
 ODT_SETTINGS = [
     "model.stochastic_policy=true", "model.timestep_embedding=none", "model.eval_context_length=5",
     "optimizer=lamb", "weight_decay=5e-4", "temperature_learning_rate=1e-4", "model.init=odt",
 ]  # fmt: skip
 ODT_STAGES = ("odt", ODT_ONLINE)
-VARIANT_SETTING = {"dc": ["model.token_mixer=conv"], "odt": ODT_SETTINGS}
-"""What each variant changes in DT's config: DC its token mixer; Online DT what defines ODT's code
-(configs/odt_hopper.yaml) beyond the network's size and the budget: the stochastic head, no timestep
+VARIANT_SETTING = {
+    "dc": ["model.token_mixer=conv"], "odt": ODT_SETTINGS,
+    "bc": ["model.kind=mlp", "grad_clip=0"], "pbc": ["model.kind=mlp", "grad_clip=0"],
+    "tbc": ["model.condition_on_return=false"],
+}  # fmt: skip
+"""What each variant and baseline changes in DT's config. DC: its token mixer. Online DT: what defines ODT's
+code (configs/odt_hopper.yaml) beyond the network's size and the budget: the stochastic head, no timestep
 embedding, 5 steps when acting, LAMB with weight decay 5e-4, the temperature's own Adam, ODT's initialisation
-(and, online, the optimiser carried on from pre-training)."""
+(and, online, the optimiser carried on from pre-training). The MLP BC: the MLP, trained without gradient
+clipping as the paper's ``ActTrainer`` (%BC adds ``top_fraction``). The transformer BC: no return token."""
 PAPER_DATASETS = [f"{env}-{kind}" for env in ("hopper", "halfcheetah", "walker2d") for kind in ("medium", "medium-replay", "medium-expert")]
 EVAL_SEED = 1_000_000
 COLUMNS = [
@@ -157,9 +167,9 @@ BUDGETS = {
 
 
 def dt_overrides(method: str, budget: Budget, steps: int, pbc_fraction: float) -> list[str]:
-    """The DT family's config on top of dtrl's paper defaults: BC drops the return tokens, the variants
-    change one model setting each."""
-    out = ["model.condition_on_return=false"] if method in ("bc", "pbc") else list(VARIANT_SETTING.get(method, []))
+    """The DT family's config on top of dtrl's paper defaults: BC is the MLP (or the transformer without
+    returns), the variants change one model setting each."""
+    out = list(VARIANT_SETTING.get(method, []))
     if method == "pbc":
         out.append(f"top_fraction={pbc_fraction}")
     if budget.small_dt:
@@ -599,7 +609,7 @@ def report(out: Path) -> Path:
             "",
         ]
     full_scores = summarise([r for r in every if (r["budget"], int(r["steps"])) == full_budget])
-    paper_methods = [m for m in STAGES if m not in VARIANTS]
+    paper_methods = [m for m in STAGES if m not in VARIANTS + EXTRA_BASELINES]
     done = [(d, m) for d in PAPER_DATASETS for m in paper_methods if len(full_scores.get((d, m), [])) >= 3]
     variants_done = [(d, m) for d in PAPER_DATASETS for m in VARIANTS if len(full_scores.get((d, m), [])) >= 3]
     not_run = [LABELS[m] for m in STAGES if m not in methods]
@@ -675,8 +685,10 @@ def report(out: Path) -> Path:
         "",
         f"* Evaluation: episodes started from env seeds {EVAL_SEED} + i for every method and seed (training seeds: "
         f"{', '.join(map(str, seeds))}); the score at the last step is reported, no checkpoint is picked.",
-        "* DT, BC and %BC: dtrl's transformer (`model.condition_on_return=false` for BC; %BC adds `top_fraction`); "
-        "DT is conditioned on the best return in its dataset. CQL and IQL: d3rlpy with the settings of its D4RL "
+        "* DT: dtrl's transformer, conditioned on the best return in its dataset. BC and %BC: the paper's MLP on the "
+        "last K states (`model.kind=mlp grad_clip=0`; %BC adds `top_fraction`, the best episodes holding that share of the "
+        "timesteps); BC (transformer, no returns): DT's network without return tokens "
+        "(`model.condition_on_return=false`). CQL and IQL: d3rlpy with the settings of its D4RL "
         "reproduction scripts (`benchmarks/d3rlpy_adapter.py`), deterministic actions.",
         "* Variants: DT's config, size and target with what defines each changed — Decision ConvFormer "
         "`model.token_mixer=conv`; Online DT ODT's method settings, `" + " ".join(ODT_SETTINGS) + "` (evaluated "
@@ -736,7 +748,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--datasets", type=lambda s: [d for d in s.split(",") if d], default=PAPER_DATASETS)
     p.add_argument("--methods", type=_methods, default=list(METHODS))
     p.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[0, 1, 2])
-    p.add_argument("--pbc-fraction", type=float, default=0.1, help="%%BC keeps this fraction of episodes")
+    p.add_argument("--pbc-fraction", type=float, default=0.1, help="%%BC keeps the best episodes holding this fraction of the timesteps")
     p.add_argument(
         "--online-steps", type=int, default=0,
         help="Online DT's online budget in environment steps (default: the budget's, cpu-reduced 5000, full 200000)",

@@ -6,9 +6,10 @@
 Every method trains on the cached dataset ``keytodoor-random-<N>ep`` with each
 training seed and is evaluated on the same held-out episode seeds
 (``--eval-seed`` onwards, never used while choosing settings): success rate =
-fraction of episodes that reach the door holding the key. DT, BC and %BC are
-dtrl's transformer (configs/key_to_door.yaml; BC drops the return tokens,
-%BC also keeps the top 10% of episodes by return); CQL is d3rlpy's DiscreteCQL
+fraction of episodes that reach the door holding the key. DT is dtrl's transformer
+(configs/key_to_door.yaml); BC and %BC are the paper's gym MLP BC on the same config
+(``model.kind=mlp``; %BC on the best episodes holding 10% of the timesteps, docs/baselines.md),
+and ``tbc`` the transformer without return tokens; CQL is d3rlpy's DiscreteCQL
 (``pip install -e ".[bench]"``) on the same transitions. For the DT of the first
 seed the script also records, per evaluation episode, whether the key was picked
 up, and the last layer's attention from the door-room steps back to every earlier
@@ -41,12 +42,14 @@ from dtrl.policy import DecisionTransformerPolicy
 from dtrl.train import open_dataset, train
 
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "key_to_door.yaml"
-METHODS = ("dt", "pbc", "bc", "cql", "random")
-LABELS = {"dt": "DT", "pbc": "%BC (10%)", "bc": "BC", "cql": "CQL (discrete)", "random": "random"}
+METHODS = ("dt", "pbc", "bc", "tbc", "cql", "random")
+LABELS = {"dt": "DT", "pbc": "%BC (MLP, 10%)", "bc": "BC (MLP)", "tbc": "BC (transformer, no returns)",
+          "cql": "CQL (discrete)", "random": "random"}  # fmt: skip
 DTRL_OVERRIDES = {
     "dt": [],
-    "pbc": ["model.condition_on_return=false", "top_fraction=0.1"],
-    "bc": ["model.condition_on_return=false"],
+    "pbc": ["model.kind=mlp", "top_fraction=0.1"],
+    "bc": ["model.kind=mlp"],
+    "tbc": ["model.condition_on_return=false"],
 }
 #: Published success rates (Chen et al. 2021, table 5), on the paper's own Key-to-Door.
 PAPER = {
@@ -223,6 +226,8 @@ def write_report() -> Path:
                   + (f" at the start {r['load_average_at_start']}," if "load_average_at_start" in r else "")
                   + f" at the end {env['load_average_1_5_15min']} (a machine shared with other jobs)",
                   f"- versions: {env['versions']}; date {env['date']}"]
+        lines += [f"- superseded, in the JSON's `superseded`: {k} = {v['what']}: {v['mean']:.1f} ± {v['std']:.1f} "
+                  f"(per seed {', '.join(f'{x:.0f}' for x in v['per_seed'])})" for k, v in r.get("superseded", {}).items()]
         if "dt_analysis" in r:
             a = r["dt_analysis"]
             eps = a["episodes"]

@@ -225,3 +225,22 @@ def test_rows_of_the_earlier_online_dt_are_marked_then_replaced_not_mixed(tmp_pa
     report = bench.report(out).read_text()
     assert "rerun pending" not in report and "22.2" in report and "11.1" not in report
     assert "2 rows of the earlier (non-faithful) Online DT" in report
+
+
+def test_baselines_are_the_papers_mlp_and_the_transformer_without_returns(
+    tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """bc and pbc train the MLP (pbc on the top timesteps), tbc the transformer without returns; seeds stacked."""
+    bench = _bench()
+    monkeypatch.setitem(bench.BUDGETS, "cpu-reduced", bench.Budget(8, 2, 2, 3, 1, small_dt=True))
+    out = tmp_path / "results"
+    _run(bench, tiny_dataset, out, "bc,pbc,tbc", "--seeds", "0,1", "--stack-seeds", "--pbc-fraction", "0.5")
+    rows = bench.read_rows(out / bench.CSV_FILE)
+    assert sorted((r["method"], r["seed"]) for r in rows) == [(m, s) for m in ("bc", "pbc", "tbc") for s in "01"]
+    specs = {m: load_policy_files(out / "runs" / f"{m}-pendulum-tiny-s0_1-cpu-reduced-8-stacked" / "seed_1")[0]
+             for m in ("bc", "pbc", "tbc")}  # fmt: skip
+    assert specs["bc"].model.kind == specs["pbc"].model.kind == "mlp"
+    assert specs["tbc"].model.kind == "transformer" and not specs["tbc"].model.condition_on_return
+    assert specs["pbc"].dataset == "pendulum-tiny-top0.5" and specs["bc"].dataset == "pendulum-tiny"
+    header = next(line for line in (out / "gym.md").read_text().splitlines() if line.startswith("| dataset |"))
+    assert header.split(" | ")[1:] == ["BC (MLP)", "%BC (MLP)", "BC (transformer, no returns) |"]

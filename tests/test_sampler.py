@@ -115,9 +115,3 @@ def test_discrete_actions_and_short_episodes(K: int):
     assert b.mask[:, -1].all(), "the last position is always a real step"
 
 
-def test_top_episodes_keeps_the_best_returns():
-    ds = _dataset([5, 6, 7, 8, 9, 10, 11, 12, 13, 14])
-    top = ds.top_episodes(0.3)
-    assert top.num_episodes == 3
-    assert sorted(top.episode_returns) == pytest.approx(sorted(ds.episode_returns)[-3:])
-    assert ds.top_episodes(1.0) is ds and ds.top_episodes(0.01).num_episodes == 1

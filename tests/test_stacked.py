@@ -19,7 +19,7 @@ from dtrl.config import ModelConfig, TrainConfig, load_config
 from dtrl.data import Episode, EpisodeDataset
 from dtrl.data.sampler import SegmentSampler
 from dtrl.errors import DtrlError
-from dtrl.models import DecisionTransformer
+from dtrl.models import DecisionTransformer, build_model
 from dtrl.policy import load
 from dtrl.stacked import (
     parse_seeds,
@@ -53,7 +53,7 @@ def _discrete_dataset() -> EpisodeDataset:
 def _separate_run(dataset, cfg: ModelConfig, config: TrainConfig, seed: int, steps: int):
     """One seed trained alone, as dtrl train does it: losses, gradient norms and the model."""
     torch.manual_seed(seed)
-    model = DecisionTransformer(cfg).train()
+    model = build_model(cfg).train()
     sampler = SegmentSampler(dataset, cfg.context_length, 100.0, seed=seed)
     optimizer, scheduler = build_optimizer(model, config)
     losses, norms = [], []
@@ -68,7 +68,7 @@ def _stacked_run(dataset, cfg: ModelConfig, config: TrainConfig, steps: int):
     models = []
     for seed in SEEDS:
         torch.manual_seed(seed)
-        models.append(DecisionTransformer(cfg))
+        models.append(build_model(cfg))
     stacked = stack_models(models).train()
     samplers = [SegmentSampler(dataset, cfg.context_length, 100.0, seed=seed) for seed in SEEDS]
     optimizer, scheduler = build_optimizer(stacked, config)
@@ -81,11 +81,12 @@ def _stacked_run(dataset, cfg: ModelConfig, config: TrainConfig, steps: int):
     return np.array(losses), np.array(norms), stacked
 
 
-@pytest.mark.parametrize("head", ["continuous", "discrete", "stochastic"])
+@pytest.mark.parametrize("head", ["continuous", "discrete", "stochastic", "mlp"])
 def test_stacked_seeds_train_like_separate_runs(pendulum_dataset, tiny_model_config: ModelConfig, head: str, monkeypatch):
     """Same init, same batches, dropout 0: after 8 steps every seed's weights equal its separate run's,
     with per-seed gradient clipping active at every step (a global clip would scale all seeds alike).
-    The stochastic head (Online DT) trains its own temperature per seed; its entropy estimate's noise is zeroed."""
+    The stochastic head (Online DT) trains its own temperature per seed; its entropy estimate's noise is zeroed.
+    The MLP BC baseline (model.kind=mlp) stacks like the transformer."""
     discrete = head == "discrete"
     dataset = _discrete_dataset() if discrete else pendulum_dataset
     cfg = tiny_model_config
@@ -94,6 +95,8 @@ def test_stacked_seeds_train_like_separate_runs(pendulum_dataset, tiny_model_con
     if head == "stochastic":
         cfg = dataclasses.replace(cfg, stochastic_policy=True)
         monkeypatch.setattr(torch, "randn_like", torch.zeros_like)
+    if head == "mlp":
+        cfg = dataclasses.replace(cfg, kind="mlp")
     config = TrainConfig(batch_size=8, learning_rate=1e-3, warmup_steps=3, grad_clip=CLIP)
     steps = 8
     losses, norms, stacked = _stacked_run(dataset, cfg, config, steps)

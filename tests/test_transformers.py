@@ -24,7 +24,7 @@ from dtrl.data.episodes import space_to_dict
 from dtrl.errors import DtrlError
 from dtrl.export import export
 from dtrl.hf import STATE_STATS_FILE
-from dtrl.models import DecisionTransformer
+from dtrl.models import build_model
 
 transformers = pytest.importorskip("transformers")
 
@@ -143,7 +143,7 @@ def test_transformers_directory_without_state_statistics_says_what_to_pass(tmp_p
 
 def dtrl_policy_dir(directory: Path, cfg: ModelConfig, bounded: bool = False) -> PolicySpec:
     torch.manual_seed(0)
-    model = DecisionTransformer(cfg)
+    model = build_model(cfg)
     perturb(model, 3)
     rng = np.random.default_rng(4)
     box = gym.spaces.Box(-1.0, 1.0, (ACT_DIM,), np.float32)
@@ -191,6 +191,7 @@ def test_exported_dtrl_model_acts_the_same_in_transformers(tmp_path: Path, activ
         (dict(token_mixer="conv"), "token_mixer='conv'"),
         (dict(stochastic_policy=True), "Gaussian action head"),
         (dict(condition_on_return=False), "no return tokens"),
+        (dict(kind="mlp"), "model.kind='mlp'"),
     ],
 )
 def test_export_says_in_one_line_what_transformers_cannot_express(tmp_path: Path, change: dict, reason: str) -> None:

@@ -101,6 +101,11 @@ class ModelConfig:
     eval_context_length: int = 0
     """Steps the policy sees when it acts (evaluation, `dtrl eval`, fine-tuning rollouts, exported
     policies); 0: context_length. Online DT acts on 5 steps of a model trained at K = 20."""
+    # --- the network kind (the paper's gym BC baseline)
+    kind: str = "transformer"
+    """'transformer' (the Decision Transformer) or 'mlp': the paper's gym BC, an MLP from the last
+    context_length states to the current action, with n_layer layers of width n_embd, activation and
+    dropout (returns, actions, timesteps and the transformer's other settings unused; docs/variants.md)."""
 
     def validate(self) -> None:
         _positive(self, "context_length", "max_episode_length", "n_layer", "n_head", "n_embd", "mlp_ratio")
@@ -129,6 +134,7 @@ class ModelConfig:
                 f"model.eval_context_length={self.eval_context_length} must lie in [0, "
                 f"model.context_length={self.context_length}] (0: the whole context)"
             )
+        _choice(self, "kind", ("transformer", "mlp"))
 
 
 @dataclass
@@ -154,7 +160,8 @@ class TrainConfig:
     when compilation fails."""
     model: ModelConfig = field(default_factory=ModelConfig)
     top_fraction: float = 1.0
-    """Train on this fraction of episodes, highest returns first (0.1 with model.condition_on_return=false: %BC)."""
+    """Train on the highest-return episodes that hold this fraction of all timesteps, as the paper's
+    pct_traj (0.1 with model.kind=mlp: %BC); state statistics still come from every episode."""
     val_fraction: float = 0.0
     """Hold out this fraction of whole episodes (at least one, chosen with ``seed``, listed in the run's
     val_episodes.json) for val/loss, logged every log_every steps; 0: train on every episode."""

@@ -25,7 +25,7 @@ from dtrl.checkpoint import PolicySpec, load_policy_files, write_policy
 from dtrl.data.episodes import atomic_write
 from dtrl.errors import DtrlError
 from dtrl.hf import STATE_STATS_FILE, export_transformers
-from dtrl.models import DecisionTransformer
+from dtrl.models import DecisionTransformer, build_model
 from dtrl.runs import EXPORTED_CONFIG_FILE, RUN_CONFIG_FILE, final_evaluation, run_dir_of, training_config
 
 FORMATS = ("policy", "torchscript", "onnx", "transformers")
@@ -92,7 +92,7 @@ class WindowPolicy(nn.Module):
 
 def load_window_policy(path: str | Path) -> tuple[WindowPolicy, PolicySpec, Path]:
     spec, weights, directory = load_policy_files(path)
-    model = DecisionTransformer(spec.model)
+    model = build_model(spec.model)
     model.load_state_dict(weights)
     return WindowPolicy(model, spec).eval().requires_grad_(False), spec, directory
 

@@ -227,6 +227,7 @@ def unsupported(spec: PolicySpec) -> str | None:
     """Why a dtrl policy has no transformers equivalent, or None when it has one."""
     cfg, norm = spec.model, spec.normalizer
     reasons = [
+        (cfg.kind != "transformer", f"model.kind={cfg.kind!r} (the paper's MLP BC, not a Decision Transformer)"),
         (cfg.token_mixer != "attention", f"model.token_mixer={cfg.token_mixer!r} (transformers' DT mixes tokens by attention only)"),
         (cfg.stochastic_policy, "a Gaussian action head (model.stochastic_policy=true; transformers' DT is deterministic)"),
         (cfg.discrete, "discrete actions (transformers' DT embeds and predicts continuous action vectors)"),

@@ -25,7 +25,7 @@ from dtrl.data.sampler import Normalizer
 from dtrl.envs import check_fits
 from dtrl.errors import DtrlError
 from dtrl.hf import StateStats, is_transformers_dir, read_transformers
-from dtrl.models import DecisionTransformer
+from dtrl.models import DecisionTransformer, build_model
 from dtrl.models.decision_transformer import DecodingCache
 from dtrl.models.gaussian import sample
 
@@ -48,7 +48,7 @@ class DecisionTransformerPolicy:
         (:attr:`~dtrl.models.decision_transformer.DecisionTransformer.supports_kv_cache`); otherwise,
         and by default, each action recomputes the last :attr:`context_length` steps."""
         self.device = torch.device(device)
-        self.kv_cache = kv_cache and model.supports_kv_cache
+        self.kv_cache = kv_cache and isinstance(model, DecisionTransformer) and model.supports_kv_cache
         self._sampler: torch.Generator | None = None
         self._cache: DecodingCache | None = None
         self._previous_actions: torch.Tensor | None = None
@@ -73,7 +73,7 @@ class DecisionTransformerPolicy:
             if state_stats is not None:
                 raise DtrlError(f"{path} is a dtrl policy, which carries its own state statistics: drop --state-stats")
             spec, weights, directory = load_policy_files(path)
-        model = DecisionTransformer(spec.model)
+        model = build_model(spec.model)
         try:
             model.load_state_dict(weights, strict=True)
         except RuntimeError as e:

@@ -67,8 +67,9 @@ from dtrl.data.sampler import Batch, SegmentSampler
 from dtrl.distributed import Dist
 from dtrl.errors import DiskError, DtrlError
 from dtrl.evaluate import EvalResult
-from dtrl.models import DecisionTransformer
+from dtrl.models import build_model
 from dtrl.models.gaussian import network_parameters, per_step_loss
+from dtrl.models.mlp_bc import loss_mask
 from dtrl.policy import pick_device
 from dtrl.train import (
     Diverged,
@@ -215,7 +216,7 @@ def stacked_action_loss(stacked: nn.Module, batch: Batch, dist: Dist = Dist()) -
     if dist.enabled:
         raise DtrlError("stacked seeds train in one process: start dtrl train --seeds without torchrun")
     config = stacked.config
-    mask = batch.mask
+    mask = loss_mask(config, batch.mask)
     if config.stochastic_policy:
         per_step = _stochastic_per_step(stacked, batch)
     else:
@@ -328,7 +329,7 @@ class StackedRun:
         models = []
         for seed in seeds:  # each initialised as `dtrl train seed=S` initialises it
             torch.manual_seed(seed)
-            models.append(DecisionTransformer(model_config))
+            models.append(build_model(model_config))
         self.stacked = stack_models(models).to(self.device).train()
         self.single = models[0].to(self.device)  # a plain model to evaluate each seed's weights in
         torch.manual_seed(dropout_seed(seeds))

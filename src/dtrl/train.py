@@ -43,8 +43,9 @@ from dtrl.distributed import Dist
 from dtrl.envs import check_env_id
 from dtrl.errors import DiskError, DtrlError, write_error
 from dtrl.evaluate import EvalResult, evaluate
-from dtrl.models import DecisionTransformer
+from dtrl.models import DecisionTransformer, build_model
 from dtrl.models.gaussian import TEMPERATURE, network_parameters, stochastic_action_loss, temperature
+from dtrl.models.mlp_bc import loss_mask
 from dtrl.optimizers import WithTemperatureOptimizer, lamb, temperature_adam
 from dtrl.policy import DecisionTransformerPolicy, pick_device
 from dtrl.tracking import start_wandb, write_run_info
@@ -97,7 +98,8 @@ def action_loss(model: torch.nn.Module, batch: Batch, dist: Dist = Dist()) -> to
         return stochastic_action_loss(model, batch, dist)
     pred = model(batch.returns_to_go, batch.states, batch.actions, batch.timesteps, batch.mask)
     loss_fn = F.cross_entropy if distributed.unwrap(model).config.discrete else F.mse_loss
-    pred, target = pred[batch.mask].float(), batch.actions[batch.mask]
+    scored = loss_mask(distributed.unwrap(model).config, batch.mask)
+    pred, target = pred[scored].float(), batch.actions[scored]
     if not dist.enabled:
         return loss_fn(pred, target)
     total = loss_fn(pred, target, reduction="sum")
@@ -394,16 +396,18 @@ class RunData:
 
     @classmethod
     def load(cls, config: TrainConfig, resume: bool = False) -> "RunData":
-        """``resume``: reuse the run's saved validation split rather than draw it."""
-        dataset = open_dataset(config.dataset).top_episodes(config.top_fraction)
+        """``resume``: reuse the run's saved validation split rather than draw it. The split is drawn
+        from every episode; ``top_fraction`` then keeps the best of the rest."""
+        every = open_dataset(config.dataset)
         validation = None
         if config.val_fraction:
-            held_out = validation_split(Path(config.out_dir), dataset.num_episodes, config.val_fraction, config.seed, resume)
-            dataset, validation = hold_out(dataset, held_out)
+            held_out = validation_split(Path(config.out_dir), every.num_episodes, config.val_fraction, config.seed, resume)
+            every, validation = hold_out(every, held_out)
+        dataset = every.top_episodes(config.top_fraction)
         env_id = config.env or dataset.env_id
         if env_id:
             check_env_id(env_id)
-        normalizer = Normalizer.from_dataset(dataset)
+        normalizer = Normalizer.from_dataset(every)  # the paper's %BC: statistics of all training episodes, not the top ones
         model_config = model_config_for(dataset, config.model, normalizer)
         spec = PolicySpec(
             model=model_config,
@@ -515,7 +519,7 @@ def _train(
         data.dataset, model_config.context_length, config.reward_scale, data.normalizer, device, rank_seed,
         in_episode=config.in_episode_segments,
     )
-    model = DecisionTransformer(model_config).to(device)
+    model = build_model(model_config).to(device)
     if dist.rank:
         torch.manual_seed(rank_seed)  # after the (shared) initialisation: a dropout stream of its own
     optimizer, scheduler = build_optimizer(model, config)

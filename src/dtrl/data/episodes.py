@@ -340,12 +340,20 @@ class EpisodeDataset:
         )
 
     def top_episodes(self, fraction: float) -> "EpisodeDataset":
-        """The ``fraction`` of episodes with the highest returns (at least one), for %BC."""
+        """The highest-return episodes that hold ``fraction`` of all timesteps, for %BC.
+
+        The paper's ``pct_traj`` rule (kzl/decision-transformer, gym/experiment.py): the best
+        episode always, then the next best while the kept timesteps stay within
+        ``max(int(fraction * timesteps), 1)``, stopping at the first that would not fit.
+        Equal returns keep dataset order (the paper's unstable sort leaves them unspecified).
+        """
         if fraction >= 1.0:
             return self
-        keep = max(1, int(round(fraction * self.num_episodes)))
-        best = np.sort(np.argsort(-self.episode_returns, kind="stable")[:keep])
-        return self.select(best, name=f"{self.name}-top{fraction:g}")
+        budget = max(int(fraction * len(self)), 1)
+        order = np.argsort(-self.episode_returns, kind="stable")
+        held = np.cumsum(self.episode_lengths[order])
+        keep = max(1, int(np.searchsorted(held, budget, side="right")))
+        return self.select(np.sort(order[:keep]), name=f"{self.name}-top{fraction:g}")
 
     def summary(self) -> dict[str, Any]:
         """The figures a user checks first: size, returns, spaces."""
