@@ -17,13 +17,13 @@ import numpy as np
 from dtrl.checkpoint import resolve_policy_dir
 from dtrl.data.episodes import EpisodeDataset, atomic_write
 from dtrl.errors import DtrlError
-from dtrl.evaluate import evaluate
+from dtrl.evaluate import EvalResult, evaluate
 from dtrl.plot import CALIBRATION_FILE
 from dtrl.policy import DecisionTransformerPolicy
 from dtrl.runs import training_config
 from dtrl.train import open_dataset
 
-__all__ = ["CALIBRATION_FILE", "calibrate", "calibration_targets", "dataset_of", "write_calibration"]
+__all__ = ["CALIBRATION_FILE", "calibrate", "calibration_report", "calibration_targets", "dataset_of", "write_calibration"]
 
 
 def calibration_targets(best: float, worst: float, points: int) -> list[float]:
@@ -58,12 +58,19 @@ def calibrate(
     best, worst = float(dataset.episode_returns.max()), float(dataset.episode_returns.min())
     targets = calibration_targets(best, worst, points)
     results = evaluate(policy, env_id, targets, episodes, seed, on_step)
+    return calibration_report(results, env_id, dataset, policy.spec.step, episodes, seed)
+
+
+def calibration_report(
+    results: list[EvalResult], env_id: str, dataset: EpisodeDataset, step: int | None, episodes: int, seed: int
+) -> dict[str, Any]:
+    """What ``calibration.json`` holds: the sweep and the dataset's range of returns."""
     return {
         "env_id": env_id,
         "dataset": dataset.name,
-        "dataset_best_return": best,
-        "dataset_worst_return": worst,
-        "step": policy.spec.step,
+        "dataset_best_return": float(dataset.episode_returns.max()),
+        "dataset_worst_return": float(dataset.episode_returns.min()),
+        "step": step,
         "episodes": episodes,
         "seed": seed,
         "results": [r.to_dict() for r in results],

@@ -1,46 +1,122 @@
 """``dtrl quickstart``: the whole pipeline on the shipped Hopper dataset, in minutes on a CPU.
 
 Loads the small real dataset shipped with dtrl (recorded from a PPO agent's
-snapshots and a random policy; see ``dtrl/assets/README.md``), trains a small
-Decision Transformer, evaluates it in the MuJoCo simulator at a low and a high
-target return next to a uniformly random policy on the same seeds, and prints
-whether the DT beats random and whether a higher target gives a higher return.
+learning-phase snapshots and a random policy; see ``dtrl/assets/README.md``),
+trains a small Decision Transformer, evaluates it in the MuJoCo simulator at a
+sweep of targets from a quarter of the dataset's best return up to the best,
+next to a uniformly random policy on the same seeds, and says whether the DT
+beats random and whether the achieved return follows the target.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
+from rich.columns import Columns
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
+from dtrl.calibrate import calibration_report, write_calibration
 from dtrl.checkpoint import latest_checkpoint
 from dtrl.config import load_config
 from dtrl.data.episodes import atomic_write
+from dtrl.errors import DtrlError
 from dtrl.evaluate import EvalResult, evaluate_random
+from dtrl.plot import CALIBRATION_FILE, plot_runs
+from dtrl.runs import training_config
 from dtrl.train import QUICKSTART_DATASET, TrainResult, open_dataset
 
 CONFIG = Path(str(files("dtrl") / "configs" / "quickstart.yaml"))
+TARGET_POINTS = 4
+"""Targets in the sweep, evenly from a quarter of the dataset's best return up to the best."""
+RISE_IN_ERRORS = 2.0
+"""The highest target's mean must exceed the lowest's by this many standard errors of their difference."""
 
 
-def quickstart_targets(returns: np.ndarray) -> list[float]:
-    """A low target (a quarter of the dataset's best return) and a high one (the best return)."""
+def quickstart_targets(returns: np.ndarray, points: int = TARGET_POINTS) -> list[float]:
+    """``points`` targets from a quarter of the dataset's best return to the best, rounded to 100."""
     best = float(returns.max())
-    return [round(0.25 * best, -2), round(best, -2)]
+    return [float(round(t, -2)) for t in np.linspace(0.25 * best, best, points)]
+
+
+def standard_error(result: EvalResult) -> float:
+    """The standard error of a target's mean return (sample std over sqrt(episodes))."""
+    n = len(result.returns)
+    return float(result.returns.std(ddof=1) / np.sqrt(n)) if n > 1 else float("inf")
+
+
+@dataclass
+class Verdict:
+    """Whether a sweep follows the target, and why, in one line."""
+
+    follows: bool
+    reason: str
+
+
+def sweep_verdict(results: Sequence[EvalResult]) -> Verdict:
+    """Follows the target when the highest target's mean exceeds the lowest's by more than
+    ``RISE_IN_ERRORS`` standard errors of the difference and no step up the sweep falls by
+    more than the standard error of that step (sqrt of the two means' squared errors summed)."""
+    low, high = results[0], results[-1]
+    rise = high.mean - low.mean
+    noise = float(np.hypot(standard_error(low), standard_error(high)))
+    falls = [
+        (a, b) for a, b in zip(results, results[1:]) if b.mean - a.mean < -np.hypot(standard_error(a), standard_error(b))
+    ]
+    sweep = f"{low.mean:.0f} at target {low.target_return:g} -> {high.mean:.0f} at target {high.target_return:g}"
+    if rise <= RISE_IN_ERRORS * noise:
+        return Verdict(False, f"{sweep}: a rise of {rise:.0f} is within {RISE_IN_ERRORS:g} standard errors ({noise:.0f})")
+    if falls:
+        a, b = falls[0]
+        return Verdict(False, f"{sweep}, but it falls from {a.mean:.0f} to {b.mean:.0f} between targets "
+                              f"{a.target_return:g} and {b.target_return:g} by more than its standard error")  # fmt: skip
+    return Verdict(True, f"{sweep}: up {rise / noise:.1f} standard errors; no step falls by more than its error")
+
+
+def sweep_chart(results: Sequence[EvalResult], best: float, width: int = 24) -> Text:
+    """Achieved return per target as horizontal bars on one scale (the dataset's best return)."""
+    text = Text("achieved return per target\n", style="bold")
+    scale = max(best, *(r.mean for r in results), 1e-9)
+    for r in results:
+        cells = max(r.mean, 0.0) / scale * width
+        bar = "█" * int(cells) + ("▌" if cells - int(cells) >= 0.5 else "")
+        text.append(f"{r.target_return:>6.0f} ")
+        text.append(f"{bar:<{width + 1}}", style="cyan")
+        text.append(f" {r.mean:.0f}\n")
+    text.append(f"{'':>6} {'':<{width + 1}} (dataset best {best:.0f})", style="dim")
+    return text
+
+
+def _check_same_seed(out_dir: Path, seed: int) -> None:
+    """An existing run of another seed is never resumed under this one (its results would be mixed)."""
+    saved = training_config(out_dir)
+    if saved is not None and saved.seed != seed:
+        raise DtrlError(
+            f"{out_dir} holds a quickstart run with seed {saved.seed}, not {seed}: "
+            f"pass --out-dir for a new directory, or --seed {saved.seed} to continue it"
+        )
+
+
+def default_out_dir(seed: int) -> Path:
+    return Path("runs/quickstart") if seed == 0 else Path(f"runs/quickstart-seed{seed}")
 
 
 def run(
-    out_dir: Path,
+    out_dir: Path | None,
     steps: int | None,
     episodes: int,
     console: Console,
     train_fn: Callable[..., TrainResult],
     table_fn: Callable[..., Table],
+    seed: int = 0,
 ) -> dict:
+    out_dir = Path(out_dir) if out_dir is not None else default_out_dir(seed)
     dataset = open_dataset(QUICKSTART_DATASET)
     s = dataset.summary()
     console.print(
@@ -48,39 +124,46 @@ def run(
         f"returns {s['return_min']:.0f} / {s['return_mean']:.0f} / {s['return_max']:.0f} (min / mean / max)"
     )
     targets = quickstart_targets(dataset.episode_returns)
-    overrides = [f"out_dir={out_dir}", f"eval_episodes={episodes}", f"target_returns={targets}"]
+    overrides = [f"out_dir={out_dir}", f"seed={seed}", f"eval_episodes={episodes}", f"target_returns={targets}"]
     if steps:
         overrides.append(f"steps={steps}")
     config = load_config(CONFIG, overrides)
     resume = latest_checkpoint(out_dir) is not None
     if resume:
+        _check_same_seed(out_dir, seed)
         console.print(f"{out_dir} already holds a quickstart run: continuing it (delete the directory to start over)")
     console.print(
         f"[bold]training[/] a {config.model.n_layer}-layer DT (K={config.model.context_length}, "
-        f"width {config.model.n_embd}) for {config.steps} steps, then evaluating {episodes} episodes "
-        f"per target at targets {targets} in the simulator"
+        f"width {config.model.n_embd}, seed {seed}) for {config.steps} steps, then evaluating {episodes} "
+        f"episodes per target at targets {targets} in the simulator"
     )
     result = train_fn(config, resume=resume, overrides={"steps": config.steps, "eval_episodes": episodes})
     random = evaluate_random(dataset.env_id, episodes, seed=config.seed, ref_scores=dataset.ref_scores)
-    console.print(table_fn(f"{dataset.env_id}: Decision Transformer vs random policy", result.eval_results, random))
+    best = float(dataset.episode_returns.max())
+    table = table_fn(f"{dataset.env_id}: Decision Transformer vs random policy", result.eval_results, random)
+    console.print(Columns([table, sweep_chart(result.eval_results, best)], padding=(0, 4)))
 
-    low, high = result.eval_results[0], result.eval_results[-1]
     beats_random = min(r.mean for r in result.eval_results) > random.mean
-    follows_target = high.mean > low.mean
+    verdict = sweep_verdict(result.eval_results)
     console.print(f"DT beats the random policy at every target: {'yes' if beats_random else 'NO'}")
-    console.print(
-        f"higher target gives higher return: {'yes' if follows_target else 'NO'} "
-        f"({low.mean:.0f} at target {low.target_return:g} -> {high.mean:.0f} at target {high.target_return:g})"
-    )
-    console.print(f"run directory: {result.run_dir} (policy: {result.checkpoint})")
+    console.print(f"the achieved return follows the target: {'yes' if verdict.follows else 'NO'} ({verdict.reason})")
+
+    run_dir = Path(result.run_dir)
+    report = calibration_report(result.eval_results, dataset.env_id, dataset, config.steps, episodes, config.seed)
+    write_calibration(report, run_dir / CALIBRATION_FILE)
+    figures = plot_runs([run_dir], run_dir)
+    console.print(f"run directory: {run_dir} (policy: {result.checkpoint})")
+    console.print(f"figures: {', '.join(str(f) for f in figures)}")
     summary = {
         "dataset": s,
+        "seed": seed,
         "steps": config.steps,
         "random": random.to_dict(),
         "dt": [r.to_dict() for r in result.eval_results],
         "beats_random": beats_random,
-        "higher_target_higher_return": follows_target,
+        "follows_target": verdict.follows,
+        "verdict": verdict.reason,
     }
     text = json.dumps(summary, indent=2).encode()
-    atomic_write(Path(out_dir) / "quickstart.json", lambda f: f.write(text))
+    atomic_write(run_dir / "quickstart.json", lambda f: f.write(text))
     return summary

@@ -390,20 +390,32 @@ def train_behaviour_agent(
 #: snapshot's, among those taken before the first snapshot that reached
 #: ``learned_fraction`` of the best (1.0 picks the best itself);
 #: ``transitions`` is the budget recorded from each source.
+LEARNING_FRACTIONS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+"""The quickstart's learning-phase sources: one snapshot nearest each fraction of the best's return, so
+returns cover the range from random to the best evenly (issue 18: a two-mode dataset left the high
+target at the edge of its support)."""
 QUICKSTART_RECIPE: dict[str, Any] = {
     "env_id": "Hopper-v5",
     "algo": "ppo",
     "n_envs": 4,
-    "total_timesteps": 1_000_000,
-    "snapshot_every": 50_000,
+    "total_timesteps": 300_000,
+    "snapshot_every": 10_000,
     "eval_episodes_per_snapshot": 5,
-    "learned_fraction": 0.9,
+    "learned_fraction": 0.95,
     "sources": [
         {"name": "random", "transitions": 4_000},
-        {"name": "early", "fraction": 0.25, "transitions": 12_000, "noise_std": 0.0},
-        {"name": "medium", "fraction": 0.55, "transitions": 20_000, "noise_std": 0.0},
-        {"name": "best", "fraction": 1.0, "transitions": 30_000, "noise_std": 0.0},
-    ],
+        # Deterministic actions plus a little noise: a snapshot's returns stay near its own level (sampled
+        # actions spread one snapshot over most of the range), and longer episodes get more budget.
+        *(
+            {"name": f"learning-{round(100 * f)}", "fraction": f, "transitions": round(1_500 + 9_000 * f),
+             "deterministic": True, "noise_std": 0.1}
+            for f in LEARNING_FRACTIONS
+        ),
+        # The best policy at three noise levels: its own returns, and graded falls from them.
+        {"name": "best", "fraction": 1.0, "transitions": 24_000, "deterministic": True, "noise_std": 0.1},
+        {"name": "best-noise-0.2", "fraction": 1.0, "transitions": 8_000, "deterministic": True, "noise_std": 0.2},
+        {"name": "best-noise-0.3", "fraction": 1.0, "transitions": 5_000, "deterministic": True, "noise_std": 0.3},
+    ],  # fmt: skip
     "random_ref_episodes": 100,
     "expert_ref_episodes": 20,
 }
@@ -432,12 +444,11 @@ def make_quickstart_dataset(
     """Build the mixed-quality quickstart dataset and save it compressed at ``out_path``.
 
     Trains the behaviour agent of ``recipe`` (default :data:`QUICKSTART_RECIPE`:
-    PPO on Hopper-v5 for 1M steps, a snapshot every 50k), evaluates every
-    snapshot deterministically, picks the early / medium snapshots from the
-    learning phase by their return relative to the best, plus the best one,
-    and records episodes from each
-    (stochastic: actions sampled from the policy's Gaussian) plus uniformly
-    random episodes. ``ref_scores`` holds the random policy's mean return
+    PPO on Hopper-v5 for 300k steps, a snapshot every 10k), evaluates every
+    snapshot deterministically, picks snapshots from the learning phase by
+    their return relative to the best, plus the best one, and records
+    episodes from each (each source's mean or sampled actions, plus Gaussian
+    noise) and uniformly random episodes. ``ref_scores`` holds the random policy's mean return
     (``random_ref_episodes`` episodes) and the best snapshot's deterministic
     mean return (``expert_ref_episodes`` episodes). Everything derives from
     ``seed``; ``num_threads`` pins torch's thread count (1 makes runs
@@ -497,8 +508,16 @@ def make_quickstart_dataset(
     env.close()
     episodes: list[Episode] = []
     sources: list[dict[str, Any]] = []
+    used: set[tuple[int, float]] = set()
     for src in r["sources"]:
-        eps, info = _record_source(src, r["algo"], best, candidates, env_id, action_space, next(seeds))
+        snap = None if src["name"] == "random" else _pick_snapshot(src["fraction"], best, candidates)
+        seed_of_source = next(seeds)
+        if snap is not None and (snap.timesteps, float(src.get("noise_std", 0.0))) in used:
+            say(f"source {src['name']}: snapshot {snap.timesteps} already recorded at this noise, skipped")
+            continue  # PPO can jump past a fraction: one policy is never recorded twice under two names
+        if snap is not None:
+            used.add((snap.timesteps, float(src.get("noise_std", 0.0))))
+        eps, info = _record_source(src, r["algo"], snap, env_id, action_space, seed_of_source)
         info["first_episode"] = len(episodes)
         sources.append(info)
         episodes.extend(eps)
@@ -568,25 +587,26 @@ def make_quickstart_dataset(
     return dataset
 
 
+def _pick_snapshot(fraction: float, best: Snapshot, candidates: list[Snapshot]) -> Snapshot:
+    """The best snapshot (``fraction`` 1), or the learning-phase one nearest ``fraction`` of its return."""
+    if fraction >= 1.0:
+        return best
+    return min(candidates, key=lambda s: abs(s.eval_return - fraction * best.eval_return))
+
+
 def _record_source(
-    src: dict[str, Any], algo: str, best: Snapshot, candidates: list[Snapshot], env_id: str, action_space: gym.Space,
-    seed: int,
+    src: dict[str, Any], algo: str, snap: Snapshot | None, env_id: str, action_space: gym.Space, seed: int
 ) -> tuple[list[Episode], dict[str, Any]]:
-    """Record one source of the quickstart recipe: uniform random actions, the best snapshot
-    (``fraction`` 1), or the learning-phase snapshot nearest ``fraction`` of the best's return."""
-    if src["name"] == "random":
-        snap, policy = None, random_policy(action_space, seed)
+    """Record one source of the quickstart recipe: uniform random actions (``snap`` None) or a snapshot's."""
+    if snap is None:
+        policy = random_policy(action_space, seed)
     else:
-        if src["fraction"] >= 1.0:
-            snap = best
-        else:
-            target = src["fraction"] * best.eval_return
-            snap = min(candidates, key=lambda s: abs(s.eval_return - target))
-        policy = snap.policy(deterministic=False, noise_std=float(src.get("noise_std", 0.0)), seed=seed)
+        deterministic = bool(src.get("deterministic", False))
+        policy = snap.policy(deterministic=deterministic, noise_std=float(src.get("noise_std", 0.0)), seed=seed)
     eps = record_episodes(policy, env_id, num_transitions=int(src["transitions"]), seed=seed)
     info = {
         "name": src["name"],
-        "policy": "uniform random" if snap is None else f"{algo} snapshot, sampled actions",
+        "policy": "uniform random" if snap is None else f"{algo} snapshot, {'mean' if deterministic else 'sampled'} actions",
         "snapshot_timesteps": None if snap is None else snap.timesteps,
         "snapshot_deterministic_return": None if snap is None else round(snap.eval_return, 2),
         "noise_std": float(src.get("noise_std", 0.0)),
