@@ -106,7 +106,7 @@ def test_shipped_quickstart_dataset():
     gym.make(ds.env_id)  # the env it names exists
     assert set(ds.ref_scores) >= {"random", "expert"}
     assert ds.ref_scores["expert"] > 10 * ds.ref_scores["random"] > 0
-    assert 50_000 <= len(ds) <= 80_000
+    assert 60_000 <= len(ds) <= 100_000
     returns = ds.episode_returns
     assert returns.max() > 3 * ds.ref_scores["random"]
     assert returns.max() > 0.8 * ds.ref_scores["expert"]
@@ -117,6 +117,12 @@ def test_shipped_quickstart_dataset():
     assert ds.episode_lengths.max() <= 1000
     assert (ds.episode_lengths[ds.truncations[ds.episode_starts[1:] - 1]] == 1000).all()
     sources = ds.metadata["sources"]
-    assert [s["name"] for s in sources] == ["random", "early", "medium", "best"]
+    names = [s["name"] for s in sources]
+    assert names[0] == "random" and names[-3:] == ["best", "best-noise-0.2", "best-noise-0.3"]
+    assert all(n.startswith("learning-") for n in names[1:-3]) and len(names) >= 8
+    assert len({s["snapshot_timesteps"] for s in sources[1:-3]}) == len(names) - 4  # no learning snapshot twice
+    # returns cover the range from random to the best: every fifth of it holds episodes
+    fifths = np.histogram(returns, bins=5, range=(0, returns.max()))[0]
+    assert (fifths >= 10).all(), fifths
     assert sum(s["episodes"] for s in sources) == ds.num_episodes
     assert ds.metadata["seed"] == 0 and ds.metadata["algorithm"]["name"] == "PPO"

@@ -390,7 +390,7 @@ def quickstart(
     ),
     seed: int = typer.Option(0, "--seed", min=0, help="Training seed; evaluation episodes start from it too."),
     steps: int = typer.Option(0, "--steps", min=0, help="Training steps (0: the quickstart default)."),
-    episodes: int = typer.Option(20, "--episodes", min=1, help="Evaluation episodes per target."),
+    episodes: int = typer.Option(30, "--episodes", min=1, help="Evaluation episodes per target."),
 ) -> None:
     """Train a small DT on the shipped Hopper dataset and check, in the simulator, that it follows the target."""
     from dtrl.quickstart import run
