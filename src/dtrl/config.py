@@ -23,6 +23,7 @@ from typing import Any, Mapping
 import yaml
 
 from dtrl.errors import DtrlError
+from dtrl.fields import check_fields, check_memory
 
 
 @dataclass
@@ -108,33 +109,14 @@ class ModelConfig:
     dropout (returns, actions, timesteps and the transformer's other settings unused; docs/variants.md)."""
 
     def validate(self) -> None:
-        _positive(self, "context_length", "max_episode_length", "n_layer", "n_head", "n_embd", "mlp_ratio")
+        check_fields(self)
         if self.n_embd % self.n_head:
             raise DtrlError(f"model.n_embd={self.n_embd} must be divisible by model.n_head={self.n_head}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise DtrlError(f"model.dropout={self.dropout} must lie in [0, 1)")
-        if self.activation not in ("relu", "gelu", "gelu_exact"):
-            raise DtrlError(f"model.activation={self.activation!r}: choose 'relu', 'gelu' or 'gelu_exact' (GELU's erf form)")
-        if not self.layer_norm_epsilon > 0:
-            raise DtrlError(f"model.layer_norm_epsilon={self.layer_norm_epsilon} must be > 0")
-        if self.token_mixer not in ("attention", "conv"):
-            raise DtrlError(f"model.token_mixer={self.token_mixer!r}: choose 'attention' or 'conv'")
-        _positive(self, "conv_kernel_size")
-        if self.observation_shape and (len(self.observation_shape) != 3 or min(self.observation_shape) <= 0):
-            raise DtrlError(
-                f"model.observation_shape={self.observation_shape} must be [channels, height, width] or empty"
-            )
-        if not self.init_temperature > 0:
-            raise DtrlError(f"model.init_temperature={self.init_temperature} must be > 0")
-        _choice(self, "timestep_embedding", ("step", "none", "segment"))
-        _choice(self, "position_embedding", ("none", "learned"))
-        _choice(self, "init", ("gpt2", "mingpt", "odt"))
-        if not 0 <= self.eval_context_length <= self.context_length:
+        if self.eval_context_length > self.context_length:
             raise DtrlError(
                 f"model.eval_context_length={self.eval_context_length} must lie in [0, "
                 f"model.context_length={self.context_length}] (0: the whole context)"
             )
-        _choice(self, "kind", ("transformer", "mlp"))
 
 
 @dataclass
@@ -210,25 +192,11 @@ class TrainConfig:
     """Also log metrics to Weights & Biases (needs `pip install wandb`; WANDB_PROJECT, WANDB_MODE etc. apply)."""
 
     def validate(self) -> None:
+        if not isinstance(self.model, ModelConfig):
+            raise DtrlError(f"model={self.model!r} must be a ModelConfig (a mapping of model.KEY=VALUE)")
         self.model.validate()
-        _positive(self, "batch_size", "steps", "log_every", "checkpoint_every", "keep_checkpoints", "eval_episodes")
-        for name in ("learning_rate", "reward_scale"):
-            if not getattr(self, name) > 0:
-                raise DtrlError(f"{name}={getattr(self, name)} must be > 0")
-        if not 0.0 < self.top_fraction <= 1.0:
-            raise DtrlError(f"top_fraction={self.top_fraction} must lie in (0, 1]")
-        if not 0.0 <= self.val_fraction < 1.0:
-            raise DtrlError(f"val_fraction={self.val_fraction} must lie in [0, 1)")
-        if self.lr_decay not in ("none", "cosine"):
-            raise DtrlError(f"lr_decay={self.lr_decay!r}: choose 'none' or 'cosine'")
-        _choice(self, "optimizer", ("adamw", "lamb"))
-        if self.temperature_learning_rate < 0:
-            raise DtrlError(f"temperature_learning_rate={self.temperature_learning_rate} must be >= 0")
-        if self.precision not in ("fp32", "bf16"):
-            raise DtrlError(f"precision={self.precision!r}: choose 'fp32' or 'bf16'")
-        for name in ("weight_decay", "warmup_steps", "grad_clip", "eval_every", "num_threads", "eval_max_episode_steps"):
-            if getattr(self, name) < 0:
-                raise DtrlError(f"{name}={getattr(self, name)} must be >= 0")
+        check_fields(self)
+        check_memory(self)
 
 
 @dataclass
@@ -275,27 +243,7 @@ class FinetuneConfig:
     device: str = "auto"
 
     def validate(self) -> None:
-        for name in ("steps", "rollouts_per_iteration", "updates_per_iteration", "buffer_size", "batch_size", "eval_episodes"):
-            if getattr(self, name) <= 0:
-                raise DtrlError(f"{name.replace('_', '-')}={getattr(self, name)} must be a positive integer")
-        if not self.learning_rate > 0:
-            raise DtrlError(f"learning-rate={self.learning_rate} must be > 0")
-        for name in ("weight_decay", "grad_clip", "eval_every"):
-            if getattr(self, name) < 0:
-                raise DtrlError(f"{name.replace('_', '-')}={getattr(self, name)} must be >= 0")
-
-
-def _choice(obj: Any, name: str, choices: tuple[str, ...]) -> None:
-    if getattr(obj, name) not in choices:
-        prefix = "model." if isinstance(obj, ModelConfig) else ""
-        raise DtrlError(f"{prefix}{name}={getattr(obj, name)!r}: choose {' or '.join(repr(c) for c in choices)}")
-
-
-def _positive(obj: Any, *names: str) -> None:
-    prefix = "model." if isinstance(obj, ModelConfig) else ""
-    for name in names:
-        if getattr(obj, name) <= 0:
-            raise DtrlError(f"{prefix}{name}={getattr(obj, name)} must be a positive integer")
+        check_fields(self)
 
 
 # --------------------------------------------------------------------------- building
