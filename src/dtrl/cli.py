@@ -154,19 +154,20 @@ def train(
     ),
 ) -> None:
     """Train a Decision Transformer from a YAML config plus key=value overrides."""
-    from dtrl.config import load_config, parse_overrides
+    from dtrl.config import config_layers, load_config
     from dtrl.distributed import from_env
 
     cfg = load_config(config, overrides)
+    given = config_layers(config, overrides)  # on --resume: applied where safe, refused otherwise
     if seeds is not None:
-        _train_stacked(cfg, seeds, resume, parse_overrides(overrides or []))
+        _train_stacked(cfg, seeds, resume, given)
         return
     if not from_env().is_main:  # under torchrun, rank 0 alone reports
         from dtrl.train import train as run_training
 
-        run_training(cfg, resume=resume, overrides=parse_overrides(overrides or []))
+        run_training(cfg, resume=resume, overrides=given)
         return
-    result = train_with_progress(cfg, resume=resume, overrides=parse_overrides(overrides or []))
+    result = train_with_progress(cfg, resume=resume, overrides=given)
     if result.losses:
         console.print(f"final train/loss {result.losses[-1][1]:.4f} (first logged {result.losses[0][1]:.4f})")
     if result.val_losses:

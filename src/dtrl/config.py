@@ -24,6 +24,7 @@ import yaml
 
 from dtrl.errors import DtrlError
 from dtrl.fields import check_fields, check_memory
+from dtrl.runfiles import RUN_CONFIG_FIX, read_yaml
 
 
 @dataclass
@@ -350,6 +351,10 @@ def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 
 
 ENV_PREFIX = "DTRL_"
+OWN_ENV_VARS = {
+    "DTRL_DATA_DIR": "the dataset cache directory (dtrl.data.cache)",
+}
+"""dtrl's own variables: settings of their own, never read as config overrides (docs/configuration.md)."""
 
 
 def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
@@ -357,10 +362,11 @@ def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
 
     Lets a machine or a CI job set defaults (device, threads) once for every
     command without editing config files; values are parsed as YAML, like overrides.
+    dtrl's own variables (:data:`OWN_ENV_VARS`) are not overrides.
     """
     out: dict[str, Any] = {}
     for name in sorted(environ):
-        if not name.startswith(ENV_PREFIX):
+        if not name.startswith(ENV_PREFIX) or name in OWN_ENV_VARS:
             continue
         key = name[len(ENV_PREFIX) :].lower().replace("__", ".")
         layer = parse_overrides([f"{key}={environ[name]}"])
@@ -376,19 +382,65 @@ def load_config(
     path: str | Path | None = None, overrides: list[str] | None = None, environ: Mapping[str, str] | None = None
 ) -> TrainConfig:
     """Config precedence: defaults < YAML file < ``DTRL_*`` environment variables < overrides."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise DtrlError(f"config file {path} does not exist: give a YAML file (see configs/)")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise DtrlError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
-        if not isinstance(data, dict):
-            raise DtrlError(f"config file {path} holds a {type(data).__name__}, not a mapping: write KEY: VALUE lines")
-    data = merge(data, env_overrides(os.environ if environ is None else environ))
-    data = merge(data, parse_overrides(overrides or []))
-    cfg = from_dict(TrainConfig, data)
+    cfg = from_dict(TrainConfig, config_layers(path, overrides, environ))
     cfg.validate()
     return cfg
+
+
+def config_layers(
+    path: str | Path | None = None, overrides: list[str] | None = None, environ: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """The keys set explicitly, by the YAML file, ``DTRL_*`` variables and overrides, merged in that order:
+    what ``--resume`` compares with the run's saved config."""
+    data = read_yaml_file(Path(path)) if path is not None else {}
+    data = merge(data, env_overrides(os.environ if environ is None else environ))
+    return merge(data, parse_overrides(overrides or []))
+
+
+def read_yaml_file(path: Path) -> dict[str, Any]:
+    """A YAML config file as a mapping: missing, a directory, unreadable or not a mapping is one line."""
+    return read_yaml(path, "give a YAML file (see configs/)", "config file ", "write KEY: VALUE lines")
+
+
+def read_saved_config(path: Path) -> TrainConfig:
+    """A run's resolved ``config.yaml`` (or its copy beside an exported policy), checked: one line naming the file."""
+    data = read_yaml(path, RUN_CONFIG_FIX)
+    try:
+        config = from_dict(TrainConfig, data)
+        config.validate()
+    except DtrlError as e:
+        raise DtrlError(f"{path} is not a valid run config ({e}): {RUN_CONFIG_FIX}") from None
+    return config
+
+
+RESUMABLE = (
+    "steps", "log_every", "checkpoint_every", "keep_checkpoints", "eval_every", "eval_episodes",
+    "eval_max_episode_steps", "eval_sample_actions", "target_returns", "env", "wandb", "num_threads", "device",
+    "compile", "out_dir",
+)
+"""Keys a resumed run may change: how long it runs, when it logs, checkpoints and evaluates, and where it
+runs; not what it learns (the data, the model, the optimisation)."""
+
+
+def flat(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"model": {"n_layer": 2}}`` -> ``{"model.n_layer": 2}``."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(flat(v, f"{prefix}{k}.") if isinstance(v, Mapping) else {f"{prefix}{k}": v})
+    return out
+
+
+def resumed_config(saved: TrainConfig, explicit: Mapping[str, Any], where: Path) -> TrainConfig:
+    """The saved config with the explicitly given keys applied where that is safe (:data:`RESUMABLE`);
+    any other key that differs is refused in one line that names it."""
+    new = from_dict(TrainConfig, merge(to_dict(saved), dict(explicit)))
+    new.validate()
+    old_flat, new_flat = flat(to_dict(saved)), flat(to_dict(new))
+    changed = [k for k in new_flat if new_flat[k] != old_flat.get(k) and k not in RESUMABLE]
+    if changed:
+        shown = ", ".join(f"{k} ({old_flat.get(k)!r} -> {new_flat[k]!r})" for k in changed)
+        raise DtrlError(
+            f"cannot resume {where} with a different {shown}: that would change what the run learns; "
+            f"resume with the values in {where / 'config.yaml'}, or train into a new out_dir"
+        )
+    return new

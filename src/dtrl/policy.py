@@ -24,6 +24,7 @@ from dtrl.data.episodes import space_from_dict
 from dtrl.data.sampler import Normalizer
 from dtrl.envs import check_fits
 from dtrl.errors import DtrlError
+from dtrl.fields import check_device
 from dtrl.hf import StateStats, is_transformers_dir, read_transformers
 from dtrl.models import DecisionTransformer, build_model
 from dtrl.models.decision_transformer import DecodingCache
@@ -32,6 +33,7 @@ from dtrl.models.gaussian import sample
 
 def pick_device(device: str = "auto") -> torch.device:
     """``auto`` is CUDA when there is one, else the CPU; asking for CUDA without one is a user error."""
+    check_device(device)
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
