@@ -128,7 +128,7 @@ class DecisionTransformerPolicy:
     # ------------------------------------------------------------------ episode API
     def reset(self, target_return: float | Sequence[float] | np.ndarray, num_envs: int | None = None) -> None:
         """Start new episodes with the return each should achieve (in the env's reward units)."""
-        targets = np.atleast_1d(np.asarray(target_return, dtype=np.float64))
+        targets = finite_numbers(target_return, "target_return")
         self._batched = num_envs is not None or np.ndim(target_return) > 0
         n = num_envs or len(targets)
         if len(targets) not in (1, n):
@@ -150,13 +150,13 @@ class DecisionTransformerPolicy:
         """The action for ``observation``; ``reward`` is what the previous action earned."""
         if self._rtg is None:
             raise DtrlError("call policy.reset(target_return=...) before policy.act(...)")
-        obs = np.asarray(observation, dtype=np.float32)
-        obs = obs.reshape(-1, self.spec.model.observation_dim) if self._batched else obs.reshape(1, -1)
-        if obs.shape[0] != self._rtg.shape[0]:
-            raise DtrlError(f"got {obs.shape[0]} observations for {self._rtg.shape[0]} environments set by reset()")
+        obs = self._observations(observation)
         K = self.context_length
         if self._t > 0:
-            r = torch.as_tensor(np.asarray(reward, dtype=np.float64).reshape(-1) / self.spec.reward_scale, device=self.device)
+            rewards = finite_numbers(reward, "reward")
+            if len(rewards) not in (1, obs.shape[0]):
+                raise DtrlError(f"got {len(rewards)} rewards for {obs.shape[0]} environments: give one per env")
+            r = torch.as_tensor(rewards / self.spec.reward_scale, device=self.device)
             self._next_rtg = self._next_rtg - r.float()
         states = torch.from_numpy(self.normalizer.states(obs)).to(self.device)
         if self._cache is not None:
@@ -183,6 +183,26 @@ class DecisionTransformerPolicy:
         self._actions[:, i] = self._previous_actions
         return action
 
+    def _observations(self, observation: np.ndarray) -> np.ndarray:
+        """``observation`` as (envs, observation_dim) float32, checked: its size, and finite."""
+        try:
+            obs = np.asarray(observation, dtype=np.float32)
+        except (TypeError, ValueError):
+            raise DtrlError(f"the observation must be an array of numbers, got {type(observation).__name__}") from None
+        dim, envs = self.spec.model.observation_dim, self._rtg.shape[0]
+        if self._batched and obs.size % dim == 0 and obs.size // dim != envs:
+            raise DtrlError(f"got {obs.size // dim} observations for {envs} environments set by reset()")
+        if obs.size != dim * envs:
+            per_env = f" for each of {envs} environments" if self._batched else ""
+            raise DtrlError(
+                f"got an observation of shape {obs.shape}, but the policy expects {dim} numbers{per_env} "
+                f"(observation space {tuple(self.observation_space.shape or ())})"
+            )
+        if not np.isfinite(obs).all():
+            raise DtrlError(f"the observation holds NaN or Inf (at index {int(np.flatnonzero(~np.isfinite(obs))[0])}): "
+                            "the policy needs finite numbers")
+        return obs.reshape(envs, dim)
+
     def _to_env(self, pred: torch.Tensor) -> np.ndarray:
         """Model output -> env action(s); remembers the model-space action, the next step's input."""
         if self.spec.model.discrete:
@@ -201,6 +221,17 @@ class DecisionTransformerPolicy:
                 action = action.reshape((-1, *self.action_space.shape)).astype(self.action_space.dtype)
         self._t += 1
         return action if self._batched else action[0]
+
+
+def finite_numbers(value: float | Sequence[float] | np.ndarray, name: str) -> np.ndarray:
+    """``value`` as a 1-d float64 array, or a one-line error when it is not numbers or not finite."""
+    try:
+        array = np.atleast_1d(np.asarray(value, dtype=np.float64)).reshape(-1)
+    except (TypeError, ValueError):
+        raise DtrlError(f"{name} must be a number or numbers, got {value!r}") from None
+    if not np.isfinite(array).all():
+        raise DtrlError(f"{name} must be finite, got {value!r}")
+    return array
 
 
 def load(
