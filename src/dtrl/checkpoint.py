@@ -39,6 +39,8 @@ LATEST_FILE = "latest"
 BEST_FILE = "best.json"
 """In ``checkpoints/``: the checkpoint with the lowest val/loss so far (runs with val_fraction set)."""
 CHECKPOINT_DIR = "checkpoints"
+RUN_CONFIG_FILE = "config.yaml"
+"""At the top of a run directory: the resolved training config."""
 
 
 @dataclass

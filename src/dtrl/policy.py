@@ -13,6 +13,7 @@ draws from the predicted distribution instead (Atari's evaluation, Online DT's r
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Sequence
 
 import gymnasium as gym
@@ -39,6 +40,19 @@ def pick_device(device: str = "auto") -> torch.device:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise DtrlError(f"device {device!r} requested but CUDA is not available: use device=cpu")
     return torch.device(device)
+
+
+def model_with_weights(spec: PolicySpec, weights: dict[str, torch.Tensor], directory: Path) -> DecisionTransformer:
+    """The model of ``spec`` with ``weights``; weights of another shape are one line naming the directory."""
+    model = build_model(spec.model)
+    try:
+        model.load_state_dict(weights, strict=True)
+    except RuntimeError as e:
+        raise DtrlError(
+            f"weights in {directory} do not match its config.json ({str(e).splitlines()[0]}): "
+            "the checkpoint is from another model shape"
+        ) from None
+    return model
 
 
 class DecisionTransformerPolicy:
@@ -75,15 +89,7 @@ class DecisionTransformerPolicy:
             if state_stats is not None:
                 raise DtrlError(f"{path} is a dtrl policy, which carries its own state statistics: drop --state-stats")
             spec, weights, directory = load_policy_files(path)
-        model = build_model(spec.model)
-        try:
-            model.load_state_dict(weights, strict=True)
-        except RuntimeError as e:
-            raise DtrlError(
-                f"weights in {directory} do not match its config.json ({str(e).splitlines()[0]}): "
-                "the checkpoint is from another model shape"
-            ) from None
-        return cls(model, spec, pick_device(device), kv_cache)
+        return cls(model_with_weights(spec, weights, directory), spec, pick_device(device), kv_cache)
 
     def check_env(self, env: gym.Env | gym.vector.VectorEnv, env_id: str) -> None:
         """Fail in one line if ``env`` does not have the spaces the policy was trained on."""

@@ -27,6 +27,7 @@ import yaml
 
 from dtrl import distributed
 from dtrl.checkpoint import (
+    RUN_CONFIG_FILE,
     PolicySpec,
     latest_checkpoint,
     load_policy_files,
@@ -52,7 +53,6 @@ from dtrl.tracking import start_wandb, write_run_info
 from dtrl.validation import ActionError, hold_out, validation_split
 
 QUICKSTART_DATASET = "quickstart"
-RUN_CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
 log = logging.getLogger(__name__)
 

@@ -460,8 +460,8 @@ def returns_to_go(rewards: np.ndarray, episode_starts: np.ndarray) -> np.ndarray
     return out
 
 
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
+UMASK = os.umask(0o022)
+os.umask(UMASK)
 
 
 def atomic_write(path: Path, write: Any) -> None:
@@ -480,7 +480,7 @@ def atomic_write(path: Path, write: Any) -> None:
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the file the usual permissions
+        os.chmod(tmp, 0o666 & ~UMASK)  # mkstemp creates 0600; give the file the usual permissions
         os.replace(tmp, path)
     except BaseException as e:
         if os.path.exists(tmp):
