@@ -288,7 +288,7 @@ def _target_returns(ctx: typer.Context, given: Optional[List[float]]) -> list[fl
             options = [opt for param in ctx.command.params for opt in param.opts if opt.startswith("--")]
             close = difflib.get_close_matches(extra.split("=")[0], options, n=1)
             hint = f" (did you mean {close[0]}?)" if close else f"; options: {', '.join(options)}"
-            raise DtrlError(f"no such option {extra!r} for {ctx.command_path}{hint}") from None
+            raise DtrlError(f"no such option {extra!r} for dtrl {ctx.info_name}{hint}") from None
     if bad := [t for t in targets if not math.isfinite(t)]:
         raise DtrlError(f"--target-return {bad[0]}: target returns must be finite numbers")
     return targets

@@ -80,6 +80,7 @@ class WindowPolicy(nn.Module):
             past = actions.flatten(2)
             if self.bounded:
                 span = self.action_high - self.action_low
+                span = torch.where(span > 0, span, torch.ones_like(span))  # constant dimensions, as in Normalizer
                 past = (2.0 * (past - self.action_low) / span - 1.0).clamp(-1.0, 1.0)
             model_actions = torch.cat([past[:, :-1], torch.zeros_like(past[:, -1:])], dim=1)
         mask = mask & self.recent

@@ -18,10 +18,12 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from dtrl.checkpoint import latest_checkpoint
+from dtrl.checkpoint import RUN_CONFIG_FILE, latest_checkpoint
 from dtrl.config import load_config
 from dtrl.data.episodes import atomic_write
+from dtrl.errors import DtrlError
 from dtrl.evaluate import EvalResult, evaluate_random
+from dtrl.runfiles import RUN_CONFIG_FIX, read_yaml
 from dtrl.train import QUICKSTART_DATASET, TrainResult, open_dataset
 
 CONFIG = Path(str(files("dtrl") / "configs" / "quickstart.yaml"))
@@ -31,6 +33,22 @@ def quickstart_targets(returns: np.ndarray) -> list[float]:
     """A low target (a quarter of the dataset's best return) and a high one (the best return)."""
     best = float(returns.max())
     return [round(0.25 * best, -2), round(best, -2)]
+
+
+def check_quickstart_dir(out_dir: Path) -> None:
+    """Continue only a quickstart run: a directory that holds another run (or other files) is not ours to rewrite."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DtrlError(f"--out-dir {out_dir} is a file: choose a directory for the quickstart run")
+    saved = out_dir / RUN_CONFIG_FILE
+    if saved.is_file():
+        dataset = read_yaml(saved, RUN_CONFIG_FIX).get("dataset")
+        if dataset != QUICKSTART_DATASET:
+            raise DtrlError(
+                f"--out-dir {out_dir} holds another run (dataset {dataset!r}), which quickstart would resume and "
+                "rewrite: choose another --out-dir"
+            )
+    elif out_dir.is_dir() and any(out_dir.iterdir()):
+        raise DtrlError(f"--out-dir {out_dir} is a directory with other files in it: choose a new or empty --out-dir")
 
 
 def run(
@@ -53,6 +71,7 @@ def run(
         overrides.append(f"steps={steps}")
     config = load_config(CONFIG, overrides)
     resume = latest_checkpoint(out_dir) is not None
+    check_quickstart_dir(Path(out_dir))
     if resume:
         console.print(f"{out_dir} already holds a quickstart run: continuing it (delete the directory to start over)")
     console.print(

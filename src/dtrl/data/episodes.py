@@ -246,6 +246,15 @@ class EpisodeDataset:
                     f"{where}: a discrete action space needs integer actions of shape (N,), "
                     f"got {self.actions.dtype} {self.actions.shape}"
                 )
+            space = self.action_space
+            low, high = int(self.actions.min()), int(self.actions.max())
+            if low < space.start or high >= space.start + space.n:
+                bad = low if low < space.start else high
+                raise DtrlError(
+                    f"{where}: action {bad} (at transition {int(np.flatnonzero(self.actions == bad)[0])}) lies outside "
+                    f"the action space {space} (actions {space.start} to {space.start + space.n - 1}): "
+                    "fix the actions or the recorded space"
+                )
         elif tuple(self.actions.shape[1:]) != tuple(self.action_space.shape):
             raise DtrlError(
                 f"{where}: actions have shape {self.actions.shape[1:]} per step but the "
