@@ -42,7 +42,8 @@ def invalid(spec: Field) -> st.SearchStrategy:
         return st.one_of(_beyond(spec), st.sampled_from(["x", True, [1.0]] + ([] if spec.optional else [None])))
     if spec.kind == "reals":
         n = spec.length or 1
-        return st.one_of(_beyond(spec).map(lambda v: [v] * n), st.sampled_from(["x", 3.0, [1.0] * (n + 1), ["a"] * n]))
+        wrong_length = [[1.0] * (n + 1)] if spec.length else []
+        return st.one_of(_beyond(spec).map(lambda v: [v] * n), st.sampled_from(["x", 3.0, ["a"] * n, *wrong_length]))
     if spec.kind == "bool":
         return st.sampled_from(["yes", 1, 0, None, 1.0])
     if spec.kind == "text":
