@@ -20,7 +20,6 @@ import yaml
 from dtrl.checkpoint import latest_checkpoint
 from dtrl.config import ModelConfig, load_config
 from dtrl.data import Episode, EpisodeDataset
-from dtrl.errors import DtrlError
 from dtrl.models import build_model
 from dtrl.policy import DecisionTransformerPolicy
 

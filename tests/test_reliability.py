@@ -402,7 +402,7 @@ def test_disk_full_while_logging_or_converting(
         raise ENOSPC
 
     monkeypatch.setattr(np, "savez", savez)
-    assert_cli_error(cli(capsys, "data", "convert", pendulum_path, target), "converted.npz: No space left on device")
+    assert_cli_error(cli(capsys, "data", "convert", pendulum_path, target, "--force"), "converted.npz: No space left on device")
     assert target.read_bytes() == b"the previous version" and leftovers(tmp_path) == []
 
 
