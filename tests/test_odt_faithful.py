@@ -253,7 +253,7 @@ def test_policy_acts_on_the_last_eval_context_length_steps():
 def test_eval_context_and_embedding_options_are_validated():
     with pytest.raises(DtrlError, match=r"model.eval_context_length=30 must lie in \[0, model.context_length=20\]"):
         load_config(None, ["model.eval_context_length=30"])
-    with pytest.raises(DtrlError, match="model.timestep_embedding='absolute': choose 'step' or 'none' or 'segment'"):
+    with pytest.raises(DtrlError, match="model.timestep_embedding='absolute': choose 'step', 'none' or 'segment'"):
         load_config(None, ["model.timestep_embedding=absolute"])
     with pytest.raises(DtrlError, match="optimizer='sgd': choose 'adamw' or 'lamb'"):
         load_config(None, ["optimizer=sgd"])

@@ -268,8 +268,12 @@ def test_truncated_train_state_on_resume(run20: Path, tmp_path: Path, pendulum_p
 def test_resume_with_another_dataset_shape(run20: Path, tmp_path: Path, pendulum_path: Path) -> None:
     out = copy_run(run20, tmp_path)
     other = EpisodeDataset.from_episodes(episodes([30, 30], obs_dim=5)).save(tmp_path / "five.npz")
-    with one_line_error(r"does not fit the model built from this config and dataset .*size mismatch.*: resume with the dataset"):
+    with one_line_error(r"cannot resume .* with a different dataset \('.*pendulum.npz' -> '.*five.npz'\): that would change"):
         run(pendulum_path, out, "steps=40", resume=True, dataset=str(other))
+    saved = out / "config.yaml"  # the dataset file replaced in place by one of another shape
+    saved.write_text(saved.read_text().replace(str(pendulum_path), str(other)))
+    with one_line_error(r"does not fit the model built from this config and dataset .*size mismatch.*: resume with the dataset"):
+        run(other, out, "steps=40", resume=True)
 
 
 def test_corrupt_policy_config_and_empty_run(capsys: pytest.CaptureFixture[str], run20: Path, tmp_path: Path) -> None:
@@ -398,7 +402,7 @@ def test_disk_full_while_logging_or_converting(
         raise ENOSPC
 
     monkeypatch.setattr(np, "savez", savez)
-    assert_cli_error(cli(capsys, "data", "convert", pendulum_path, target), "converted.npz: No space left on device")
+    assert_cli_error(cli(capsys, "data", "convert", pendulum_path, target, "--force"), "converted.npz: No space left on device")
     assert target.read_bytes() == b"the previous version" and leftovers(tmp_path) == []
 
 

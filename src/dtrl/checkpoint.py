@@ -15,6 +15,7 @@ checkpoint, never a torn one.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pickle
 import shutil
@@ -39,6 +40,9 @@ LATEST_FILE = "latest"
 BEST_FILE = "best.json"
 """In ``checkpoints/``: the checkpoint with the lowest val/loss so far (runs with val_fraction set)."""
 CHECKPOINT_DIR = "checkpoints"
+log = logging.getLogger(__name__)
+RUN_CONFIG_FILE = "config.yaml"
+"""At the top of a run directory: the resolved training config."""
 
 
 @dataclass
@@ -125,9 +129,15 @@ def read_best(run_dir: Path) -> dict[str, Any] | None:
     """``checkpoints/best.json`` (checkpoint name, step, val_loss), or None if the run has none."""
     path = Path(run_dir) / CHECKPOINT_DIR / BEST_FILE
     try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
+        best = json.loads(path.read_text())
+    except FileNotFoundError:
         return None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        best = None
+    if isinstance(best, dict) and isinstance(best.get("checkpoint"), str) and isinstance(best.get("val_loss"), (int, float)):
+        return best
+    log.warning("%s is corrupt: ignored (the next validated checkpoint rewrites it)", path)
+    return None
 
 
 def mark_best(run_dir: Path, checkpoint: Path, step: int, val_loss: float) -> bool:
@@ -140,18 +150,20 @@ def mark_best(run_dir: Path, checkpoint: Path, step: int, val_loss: float) -> bo
     return True
 
 
-def _complete(path: Path) -> bool:
-    return all((path / f).is_file() for f in (CONFIG_FILE, WEIGHTS_FILE, TRAIN_STATE_FILE))
+def _complete(path: Path, files: tuple[str, ...] = (CONFIG_FILE, WEIGHTS_FILE, TRAIN_STATE_FILE)) -> bool:
+    return all((path / f).is_file() for f in files)
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
     """The newest complete checkpoint of a run, or None if it has none."""
     root = Path(run_dir) / CHECKPOINT_DIR
     pointer = root / LATEST_FILE
-    if pointer.is_file():
-        candidate = root / pointer.read_text().strip()
-        if _complete(candidate):
-            return candidate
+    try:
+        name = pointer.read_text().strip()
+    except (OSError, UnicodeDecodeError):
+        name = ""  # no pointer, or a corrupt one: the newest complete checkpoint
+    if name.startswith("step_") and "\0" not in name and "/" not in name and _complete(root / name):
+        return root / name
     done = sorted(p for p in root.glob("step_*") if p.is_dir() and _complete(p))
     return done[-1] if done else None
 
@@ -164,12 +176,23 @@ def resolve_policy_dir(path: str | os.PathLike) -> Path:
     if (path / CONFIG_FILE).is_file():
         return path
     latest = latest_checkpoint(path)
-    if latest is None:
+    if latest is not None:
+        return latest
+    # inference needs no train state: the newest checkpoint with a config and weights will do
+    policies = sorted(p for p in (path / CHECKPOINT_DIR).glob("step_*") if p.is_dir() and _complete(p, (CONFIG_FILE, WEIGHTS_FILE)))
+    if policies:
+        return policies[-1]
+    steps = sorted(p for p in (path / CHECKPOINT_DIR).glob("step_*") if p.is_dir())
+    if steps:
+        missing = [f for f in (CONFIG_FILE, WEIGHTS_FILE) if not (steps[-1] / f).is_file()]
         raise DtrlError(
-            f"{path} holds no checkpoint ({CONFIG_FILE} + {WEIGHTS_FILE}): "
-            "train first or point at a checkpoint directory"
+            f"{path}'s newest checkpoint {steps[-1].name} lacks {' and '.join(missing)}: it is incomplete; "
+            "restore it or point at another checkpoint"
         )
-    return latest
+    raise DtrlError(
+        f"{path} holds no checkpoint ({CONFIG_FILE} + {WEIGHTS_FILE}): "
+        "train first or point at a checkpoint directory"
+    )
 
 
 def load_policy_files(path: str | os.PathLike) -> tuple[PolicySpec, dict[str, torch.Tensor], Path]:

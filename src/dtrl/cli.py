@@ -40,6 +40,7 @@ data_commands.register(data_app)  # collect, export, list
 console = Console()
 err_console = Console(stderr=True)
 _debug = {"on": False}
+FORCE_HELP = "Write even into a checkpoint, a run directory's top level or over an existing file that this command did not make."
 
 
 def _version(value: bool) -> None:
@@ -154,19 +155,20 @@ def train(
     ),
 ) -> None:
     """Train a Decision Transformer from a YAML config plus key=value overrides."""
-    from dtrl.config import load_config, parse_overrides
+    from dtrl.config import config_layers, load_config
     from dtrl.distributed import from_env
 
     cfg = load_config(config, overrides)
+    given = config_layers(config, overrides)  # on --resume: applied where safe, refused otherwise
     if seeds is not None:
-        _train_stacked(cfg, seeds, resume, parse_overrides(overrides or []))
+        _train_stacked(cfg, seeds, resume, given)
         return
     if not from_env().is_main:  # under torchrun, rank 0 alone reports
         from dtrl.train import train as run_training
 
-        run_training(cfg, resume=resume, overrides=parse_overrides(overrides or []))
+        run_training(cfg, resume=resume, overrides=given)
         return
-    result = train_with_progress(cfg, resume=resume, overrides=parse_overrides(overrides or []))
+    result = train_with_progress(cfg, resume=resume, overrides=given)
     if result.losses:
         console.print(f"final train/loss {result.losses[-1][1]:.4f} (first logged {result.losses[0][1]:.4f})")
     if result.val_losses:
@@ -213,7 +215,7 @@ def eval_(
         None, "--target-return", "-r", help="Target return(s); several may follow one flag."
     ),
     episodes: int = typer.Option(10, "--episodes", "-n", min=1, help="Episodes per target, run in parallel."),
-    seed: int = typer.Option(0, "--seed", help="Episode i of every target starts from seed + i."),
+    seed: int = typer.Option(0, "--seed", min=0, help="Episode i of every target starts from seed + i."),
     device: str = typer.Option("auto", "--device", envvar="DTRL_DEVICE", help="auto, cpu, cuda or cuda:N."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the results as JSON here."),
     video: Optional[Path] = typer.Option(
@@ -229,18 +231,19 @@ def eval_(
     state_stats: Optional[Path] = typer.Option(
         None, "--state-stats", help="A transformers directory's state statistics: JSON with state_mean and state_std."
     ),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
 ) -> None:
     """Evaluate a policy in the simulator at one or more target returns, or on a dataset's logged actions."""
     from dtrl.data.episodes import atomic_write
     from dtrl.evaluate import evaluate
-
-    targets = list(target_return or [])
-    for extra in ctx.args:
-        try:
-            targets.append(float(extra))
-        except ValueError:
-            raise DtrlError(f"unexpected argument {extra!r}: target returns must be numbers") from None
     from dtrl.hf import is_transformers_dir
+    from dtrl.outputs import check_output
+
+    targets = _target_returns(ctx, target_return)
+    if output:
+        check_output(output, "--output", force=force)
+    if video:
+        check_output(video, "--video", directory=True, force=force)
 
     needs_data = not targets or (state_stats is None and is_transformers_dir(checkpoint))
     data = _open_dataset(dataset) if needs_data else None
@@ -268,6 +271,27 @@ def eval_(
 
         for path in record_videos(policy, env_id, targets, video, seed):
             console.print(f"video: {path}", soft_wrap=True, highlight=False)
+
+
+def _target_returns(ctx: typer.Context, given: Optional[List[float]]) -> list[float]:
+    """--target-return's values and the numbers after them; a misspelt option is named as one, with the closest."""
+    import difflib
+    import math
+
+    targets = list(given or [])
+    for extra in ctx.args:
+        try:
+            targets.append(float(extra))
+        except ValueError:
+            if not extra.startswith("-"):
+                raise DtrlError(f"unexpected argument {extra!r}: target returns must be numbers") from None
+            options = [opt for param in ctx.command.params for opt in param.opts if opt.startswith("--")]
+            close = difflib.get_close_matches(extra.split("=")[0], options, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else f"; options: {', '.join(options)}"
+            raise DtrlError(f"no such option {extra!r} for dtrl {ctx.info_name}{hint}") from None
+    if bad := [t for t in targets if not math.isfinite(t)]:
+        raise DtrlError(f"--target-return {bad[0]}: target returns must be finite numbers")
+    return targets
 
 
 def _open_dataset(source: Optional[str]):
@@ -333,7 +357,7 @@ def finetune(
     ),
     eval_episodes: int = typer.Option(_FT.eval_episodes, "--eval-episodes", min=1),
     eval_every: int = typer.Option(_FT.eval_every, "--eval-every", min=0, help="Also evaluate every N env steps."),
-    seed: int = typer.Option(_FT.seed, "--seed", help="Seeds rollouts, action sampling and dropout."),
+    seed: int = typer.Option(_FT.seed, "--seed", min=0, help="Seeds rollouts, action sampling and dropout."),
     dataset: Optional[str] = typer.Option(
         None, "--dataset", help="Offline data that seeds the replay buffer (default: the run's training dataset)."
     ),
@@ -424,11 +448,14 @@ def data_convert(
     store: bool = typer.Option(
         False, "--store", help="Write an on-disk store (memory-mapped in training, for data larger than RAM)."
     ),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
 ) -> None:
     """Convert a dataset to dtrl's native format (fast to load)."""
+    from dtrl.data.commands import check_dataset_output
     from dtrl.data.store import write_store
     from dtrl.train import open_dataset
 
+    output = check_dataset_output(output, "OUTPUT", source, force, native=not store, directory=store)
     dataset = open_dataset(source)
     if env:
         dataset.env_id = env
@@ -449,13 +476,17 @@ def calibrate(
     dataset: Optional[str] = typer.Option(
         None, "--dataset", help="The training dataset (default: the one in the run's config.yaml)."
     ),
-    seed: int = typer.Option(0, "--seed", help="Episode i of every target starts from seed + i."),
+    seed: int = typer.Option(0, "--seed", min=0, help="Episode i of every target starts from seed + i."),
     device: str = typer.Option("auto", "--device", envvar="DTRL_DEVICE", help="auto, cpu, cuda or cuda:N."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Default: CHECKPOINT/calibration.json."),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
 ) -> None:
     """Sweep target returns and record the achieved return: calibration.json, drawn by `dtrl plot`."""
     from dtrl.calibrate import CALIBRATION_FILE, calibrate as run_calibration, dataset_of, write_calibration
+    from dtrl.outputs import check_output
 
+    default = Path(checkpoint) / CALIBRATION_FILE
+    path = check_output(output or default, "--output", force=force, own=default)
     data = dataset_of(checkpoint, dataset)
     policy = _load_policy(checkpoint, device, data=data)
     env_id = env or policy.spec.env_id
@@ -469,7 +500,6 @@ def calibrate(
     for r in report["results"]:
         table.add_row(f"{r['target_return']:.0f}", f"{r['return_mean']:.1f} ± {r['return_std']:.1f}")
     console.print(table)
-    path = output or Path(checkpoint) / CALIBRATION_FILE
     write_calibration(report, path)
     console.print(f"best return in the dataset: {report['dataset_best_return']:.1f}; wrote {path}", soft_wrap=True)
 
@@ -481,10 +511,13 @@ def calibrate(
 def plot(
     runs: List[Path] = typer.Argument(..., help="Run directories; runs differing only in seed are averaged."),
     out: Path = typer.Option(Path("plots"), "--out", help="Directory for the PNG files."),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
 ) -> None:
     """Draw learning curves (and return calibration, where calibration.json exists) as PNGs."""
+    from dtrl.outputs import check_output
     from dtrl.plot import plot_runs
 
+    check_output(out, "--out", directory=True, force=force)
     for path in plot_runs(list(runs), out):
         console.print(f"wrote {path}", soft_wrap=True, highlight=False)
 
@@ -508,12 +541,13 @@ def export(
     checkpoint: Path = typer.Argument(..., help="Run directory, checkpoint or policy directory."),
     format: ExportFormat = typer.Option(ExportFormat.policy, "--format", "-f", help="What to write."),
     out: Path = typer.Option(..., "--out", help="Directory to write into (created if missing)."),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
 ) -> None:
     """Export a policy to share: a policy directory, TorchScript, ONNX or transformers, each with a model card."""
     from dtrl.export import export as run_export
 
     command = " ".join(["dtrl", *sys.argv[1:]])
-    for path in run_export(checkpoint, format.value, out, command):
+    for path in run_export(checkpoint, format.value, out, command, force):
         console.print(f"wrote {path}", soft_wrap=True, highlight=False)
 
 

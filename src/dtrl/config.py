@@ -23,6 +23,8 @@ from typing import Any, Mapping
 import yaml
 
 from dtrl.errors import DtrlError
+from dtrl.fields import check_fields, check_memory
+from dtrl.runfiles import RUN_CONFIG_FIX, read_yaml
 
 
 @dataclass
@@ -108,33 +110,14 @@ class ModelConfig:
     dropout (returns, actions, timesteps and the transformer's other settings unused; docs/variants.md)."""
 
     def validate(self) -> None:
-        _positive(self, "context_length", "max_episode_length", "n_layer", "n_head", "n_embd", "mlp_ratio")
+        check_fields(self)
         if self.n_embd % self.n_head:
             raise DtrlError(f"model.n_embd={self.n_embd} must be divisible by model.n_head={self.n_head}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise DtrlError(f"model.dropout={self.dropout} must lie in [0, 1)")
-        if self.activation not in ("relu", "gelu", "gelu_exact"):
-            raise DtrlError(f"model.activation={self.activation!r}: choose 'relu', 'gelu' or 'gelu_exact' (GELU's erf form)")
-        if not self.layer_norm_epsilon > 0:
-            raise DtrlError(f"model.layer_norm_epsilon={self.layer_norm_epsilon} must be > 0")
-        if self.token_mixer not in ("attention", "conv"):
-            raise DtrlError(f"model.token_mixer={self.token_mixer!r}: choose 'attention' or 'conv'")
-        _positive(self, "conv_kernel_size")
-        if self.observation_shape and (len(self.observation_shape) != 3 or min(self.observation_shape) <= 0):
-            raise DtrlError(
-                f"model.observation_shape={self.observation_shape} must be [channels, height, width] or empty"
-            )
-        if not self.init_temperature > 0:
-            raise DtrlError(f"model.init_temperature={self.init_temperature} must be > 0")
-        _choice(self, "timestep_embedding", ("step", "none", "segment"))
-        _choice(self, "position_embedding", ("none", "learned"))
-        _choice(self, "init", ("gpt2", "mingpt", "odt"))
-        if not 0 <= self.eval_context_length <= self.context_length:
+        if self.eval_context_length > self.context_length:
             raise DtrlError(
                 f"model.eval_context_length={self.eval_context_length} must lie in [0, "
                 f"model.context_length={self.context_length}] (0: the whole context)"
             )
-        _choice(self, "kind", ("transformer", "mlp"))
 
 
 @dataclass
@@ -210,25 +193,11 @@ class TrainConfig:
     """Also log metrics to Weights & Biases (needs `pip install wandb`; WANDB_PROJECT, WANDB_MODE etc. apply)."""
 
     def validate(self) -> None:
+        if not isinstance(self.model, ModelConfig):
+            raise DtrlError(f"model={self.model!r} must be a ModelConfig (a mapping of model.KEY=VALUE)")
         self.model.validate()
-        _positive(self, "batch_size", "steps", "log_every", "checkpoint_every", "keep_checkpoints", "eval_episodes")
-        for name in ("learning_rate", "reward_scale"):
-            if not getattr(self, name) > 0:
-                raise DtrlError(f"{name}={getattr(self, name)} must be > 0")
-        if not 0.0 < self.top_fraction <= 1.0:
-            raise DtrlError(f"top_fraction={self.top_fraction} must lie in (0, 1]")
-        if not 0.0 <= self.val_fraction < 1.0:
-            raise DtrlError(f"val_fraction={self.val_fraction} must lie in [0, 1)")
-        if self.lr_decay not in ("none", "cosine"):
-            raise DtrlError(f"lr_decay={self.lr_decay!r}: choose 'none' or 'cosine'")
-        _choice(self, "optimizer", ("adamw", "lamb"))
-        if self.temperature_learning_rate < 0:
-            raise DtrlError(f"temperature_learning_rate={self.temperature_learning_rate} must be >= 0")
-        if self.precision not in ("fp32", "bf16"):
-            raise DtrlError(f"precision={self.precision!r}: choose 'fp32' or 'bf16'")
-        for name in ("weight_decay", "warmup_steps", "grad_clip", "eval_every", "num_threads", "eval_max_episode_steps"):
-            if getattr(self, name) < 0:
-                raise DtrlError(f"{name}={getattr(self, name)} must be >= 0")
+        check_fields(self)
+        check_memory(self)
 
 
 @dataclass
@@ -275,27 +244,7 @@ class FinetuneConfig:
     device: str = "auto"
 
     def validate(self) -> None:
-        for name in ("steps", "rollouts_per_iteration", "updates_per_iteration", "buffer_size", "batch_size", "eval_episodes"):
-            if getattr(self, name) <= 0:
-                raise DtrlError(f"{name.replace('_', '-')}={getattr(self, name)} must be a positive integer")
-        if not self.learning_rate > 0:
-            raise DtrlError(f"learning-rate={self.learning_rate} must be > 0")
-        for name in ("weight_decay", "grad_clip", "eval_every"):
-            if getattr(self, name) < 0:
-                raise DtrlError(f"{name.replace('_', '-')}={getattr(self, name)} must be >= 0")
-
-
-def _choice(obj: Any, name: str, choices: tuple[str, ...]) -> None:
-    if getattr(obj, name) not in choices:
-        prefix = "model." if isinstance(obj, ModelConfig) else ""
-        raise DtrlError(f"{prefix}{name}={getattr(obj, name)!r}: choose {' or '.join(repr(c) for c in choices)}")
-
-
-def _positive(obj: Any, *names: str) -> None:
-    prefix = "model." if isinstance(obj, ModelConfig) else ""
-    for name in names:
-        if getattr(obj, name) <= 0:
-            raise DtrlError(f"{prefix}{name}={getattr(obj, name)} must be a positive integer")
+        check_fields(self)
 
 
 # --------------------------------------------------------------------------- building
@@ -402,6 +351,10 @@ def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 
 
 ENV_PREFIX = "DTRL_"
+OWN_ENV_VARS = {
+    "DTRL_DATA_DIR": "the dataset cache directory (dtrl.data.cache)",
+}
+"""dtrl's own variables: settings of their own, never read as config overrides (docs/configuration.md)."""
 
 
 def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
@@ -409,10 +362,11 @@ def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
 
     Lets a machine or a CI job set defaults (device, threads) once for every
     command without editing config files; values are parsed as YAML, like overrides.
+    dtrl's own variables (:data:`OWN_ENV_VARS`) are not overrides.
     """
     out: dict[str, Any] = {}
     for name in sorted(environ):
-        if not name.startswith(ENV_PREFIX):
+        if not name.startswith(ENV_PREFIX) or name in OWN_ENV_VARS:
             continue
         key = name[len(ENV_PREFIX) :].lower().replace("__", ".")
         layer = parse_overrides([f"{key}={environ[name]}"])
@@ -428,19 +382,65 @@ def load_config(
     path: str | Path | None = None, overrides: list[str] | None = None, environ: Mapping[str, str] | None = None
 ) -> TrainConfig:
     """Config precedence: defaults < YAML file < ``DTRL_*`` environment variables < overrides."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise DtrlError(f"config file {path} does not exist: give a YAML file (see configs/)")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise DtrlError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
-        if not isinstance(data, dict):
-            raise DtrlError(f"config file {path} holds a {type(data).__name__}, not a mapping: write KEY: VALUE lines")
-    data = merge(data, env_overrides(os.environ if environ is None else environ))
-    data = merge(data, parse_overrides(overrides or []))
-    cfg = from_dict(TrainConfig, data)
+    cfg = from_dict(TrainConfig, config_layers(path, overrides, environ))
     cfg.validate()
     return cfg
+
+
+def config_layers(
+    path: str | Path | None = None, overrides: list[str] | None = None, environ: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """The keys set explicitly, by the YAML file, ``DTRL_*`` variables and overrides, merged in that order:
+    what ``--resume`` compares with the run's saved config."""
+    data = read_yaml_file(Path(path)) if path is not None else {}
+    data = merge(data, env_overrides(os.environ if environ is None else environ))
+    return merge(data, parse_overrides(overrides or []))
+
+
+def read_yaml_file(path: Path) -> dict[str, Any]:
+    """A YAML config file as a mapping: missing, a directory, unreadable or not a mapping is one line."""
+    return read_yaml(path, "give a YAML file (see configs/)", "config file ", "write KEY: VALUE lines")
+
+
+def read_saved_config(path: Path) -> TrainConfig:
+    """A run's resolved ``config.yaml`` (or its copy beside an exported policy), checked: one line naming the file."""
+    data = read_yaml(path, RUN_CONFIG_FIX)
+    try:
+        config = from_dict(TrainConfig, data)
+        config.validate()
+    except DtrlError as e:
+        raise DtrlError(f"{path} is not a valid run config ({e}): {RUN_CONFIG_FIX}") from None
+    return config
+
+
+RESUMABLE = (
+    "steps", "log_every", "checkpoint_every", "keep_checkpoints", "eval_every", "eval_episodes",
+    "eval_max_episode_steps", "eval_sample_actions", "target_returns", "env", "wandb", "num_threads", "device",
+    "compile", "out_dir",
+)
+"""Keys a resumed run may change: how long it runs, when it logs, checkpoints and evaluates, and where it
+runs; not what it learns (the data, the model, the optimisation)."""
+
+
+def flat(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"model": {"n_layer": 2}}`` -> ``{"model.n_layer": 2}``."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(flat(v, f"{prefix}{k}.") if isinstance(v, Mapping) else {f"{prefix}{k}": v})
+    return out
+
+
+def resumed_config(saved: TrainConfig, explicit: Mapping[str, Any], where: Path) -> TrainConfig:
+    """The saved config with the explicitly given keys applied where that is safe (:data:`RESUMABLE`);
+    any other key that differs is refused in one line that names it."""
+    new = from_dict(TrainConfig, merge(to_dict(saved), dict(explicit)))
+    new.validate()
+    old_flat, new_flat = flat(to_dict(saved)), flat(to_dict(new))
+    changed = [k for k in new_flat if new_flat[k] != old_flat.get(k) and k not in RESUMABLE]
+    if changed:
+        shown = ", ".join(f"{k} ({old_flat.get(k)!r} -> {new_flat[k]!r})" for k in changed)
+        raise DtrlError(
+            f"cannot resume {where} with a different {shown}: that would change what the run learns; "
+            f"resume with the values in {where / 'config.yaml'}, or train into a new out_dir"
+        )
+    return new

@@ -25,7 +25,9 @@ from dtrl.checkpoint import PolicySpec, load_policy_files, write_policy
 from dtrl.data.episodes import atomic_write
 from dtrl.errors import DtrlError
 from dtrl.hf import STATE_STATS_FILE, export_transformers
-from dtrl.models import DecisionTransformer, build_model
+from dtrl.models import DecisionTransformer
+from dtrl.outputs import check_output, staged_directory
+from dtrl.policy import model_with_weights
 from dtrl.runs import EXPORTED_CONFIG_FILE, RUN_CONFIG_FILE, final_evaluation, run_dir_of, training_config
 
 FORMATS = ("policy", "torchscript", "onnx", "transformers")
@@ -78,6 +80,7 @@ class WindowPolicy(nn.Module):
             past = actions.flatten(2)
             if self.bounded:
                 span = self.action_high - self.action_low
+                span = torch.where(span > 0, span, torch.ones_like(span))  # constant dimensions, as in Normalizer
                 past = (2.0 * (past - self.action_low) / span - 1.0).clamp(-1.0, 1.0)
             model_actions = torch.cat([past[:, :-1], torch.zeros_like(past[:, -1:])], dim=1)
         mask = mask & self.recent
@@ -92,8 +95,7 @@ class WindowPolicy(nn.Module):
 
 def load_window_policy(path: str | Path) -> tuple[WindowPolicy, PolicySpec, Path]:
     spec, weights, directory = load_policy_files(path)
-    model = build_model(spec.model)
-    model.load_state_dict(weights)
+    model = model_with_weights(spec, weights, directory)
     return WindowPolicy(model, spec).eval().requires_grad_(False), spec, directory
 
 
@@ -226,7 +228,7 @@ def model_card(spec: PolicySpec, source: Path, fmt: str, files: list[str], comma
         if config.dataset != "quickstart":
             training.append("(`dataset` in it is a path on the machine that trained it.)")
     lines = [
-        f"# Decision Transformer: {spec.dataset or 'policy'}" + (f" on {spec.env_id}" if spec.env_id else ""),
+        f"{CARD_TITLE}: {spec.dataset or 'policy'}" + (f" on {spec.env_id}" if spec.env_id else ""),
         "",
         f"A return-conditioned Decision Transformer policy, exported by dtrl {__version__} as `{fmt}`.",
         "",
@@ -257,15 +259,35 @@ def model_card(spec: PolicySpec, source: Path, fmt: str, files: list[str], comma
     return "\n".join(lines)
 
 
-def export(source: str | Path, fmt: str, out: str | Path, command: str) -> list[Path]:
-    """Write ``fmt`` of the policy at ``source`` (run, checkpoint or policy dir) into ``out``, with a model card."""
+CARD_TITLE = "# Decision Transformer"
+"""How every model card begins: marks a directory that `dtrl export` made."""
+
+
+def export(source: str | Path, fmt: str, out: str | Path, command: str, force: bool = False) -> list[Path]:
+    """Write ``fmt`` of the policy at ``source`` (run, checkpoint or policy dir) into ``out``, with a model card.
+
+    ``out`` must be new, empty or an earlier export unless ``force``; every file appears at once (staged)."""
     if fmt not in FORMATS:
         raise DtrlError(f"unknown export format {fmt!r}: choose one of {', '.join(FORMATS)}")
-    window, spec, directory = load_window_policy(source)
     out = Path(out)
+    window, spec, directory = load_window_policy(source)
     if out.resolve() == directory.resolve():
         raise DtrlError(f"--out {out} is the policy being exported: choose another directory")
-    out.mkdir(parents=True, exist_ok=True)
+    check_output(out, "--out", directory=True, force=force)
+    if not force and out.is_dir() and any(out.iterdir()) and not _is_export(out):
+        raise DtrlError(f"--out {out} is a directory with files that dtrl export did not write: choose another path, "
+                        "or pass --force to write into it")
+    with staged_directory(out) as stage:
+        names = [p.name for p in _write_export(window, spec, directory, fmt, stage, command)]
+    return [out / name for name in names]
+
+
+def _is_export(path: Path) -> bool:
+    card = path / "README.md"
+    return card.is_file() and card.read_bytes().startswith(CARD_TITLE.encode())
+
+
+def _write_export(window: WindowPolicy, spec: PolicySpec, directory: Path, fmt: str, out: Path, command: str) -> list[Path]:
     if fmt == "policy":
         write_policy(out, spec, window.model.state_dict())
         written = [out / "config.json", out / "model.safetensors"]
@@ -285,4 +307,3 @@ def export(source: str | Path, fmt: str, out: str | Path, command: str) -> list[
     card = model_card(spec, directory, fmt, files, command, window.model.num_parameters()).encode()
     atomic_write(out / "README.md", lambda f: f.write(card))
     return [*written, out / "README.md"]
-

@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from dtrl.data.episodes import atomic_write
 from dtrl.errors import DtrlError
+from dtrl.runfiles import RUN_CONFIG_FIX, checked, read_json, read_jsonl, read_yaml
 
 METRICS_FILE = "metrics.jsonl"
 CALIBRATION_FILE = "calibration.json"
@@ -41,16 +41,7 @@ def read_metrics(run: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     if not path.is_file():
         raise DtrlError(f"{run} has no {METRICS_FILE}: give run directories written by `dtrl train`")
     series: dict[str, list[tuple[int, float]]] = {}
-    lines = path.read_text().splitlines()
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            if n == len(lines):
-                continue  # the last line of a run that is still writing
-            raise DtrlError(f"{path} line {n} is not JSON: the file is corrupt; delete the line") from None
+    for row in read_jsonl(path, "give run directories written by `dtrl train`"):
         for key, value in row.items():
             if key != "step" and isinstance(value, (int, float)):
                 series.setdefault(key, []).append((int(row["step"]), float(value)))
@@ -66,8 +57,8 @@ def group_runs(runs: list[Path]) -> dict[str, list[Path]]:
     groups: dict[str, list[Path]] = {}
     for run in runs:
         config_file = run / "config.yaml"
-        config = yaml.safe_load(config_file.read_text()) if config_file.is_file() else {"run": str(run)}
-        key = json.dumps({k: v for k, v in (config or {}).items() if k not in _SEED_KEYS}, sort_keys=True)
+        config = read_yaml(config_file, RUN_CONFIG_FIX) if config_file.exists() else {"run": str(run)}
+        key = json.dumps({k: v for k, v in config.items() if k not in _SEED_KEYS}, sort_keys=True, default=str)
         groups.setdefault(key, []).append(run)
     labelled = {}
     for members in groups.values():
@@ -143,15 +134,13 @@ def plot_calibration(runs: list[Path], out: Path) -> Path | None:
     """Achieved vs target return for each run with a ``calibration.json``, with y = x and the dataset's best."""
     import matplotlib.pyplot as plt
 
-    reports = [(r, json.loads((r / CALIBRATION_FILE).read_text())) for r in runs if (r / CALIBRATION_FILE).is_file()]
+    reports = [(r, read_calibration(r / CALIBRATION_FILE)) for r in runs if (r / CALIBRATION_FILE).exists()]
     if not reports:
         return None
     fig, ax = plt.subplots(figsize=(6, 5))
     lo = hi = 0.0
     for run, report in reports:
-        targets = np.array([r["target_return"] for r in report["results"]])
-        means = np.array([r["return_mean"] for r in report["results"]])
-        stds = np.array([r["return_std"] for r in report["results"]])
+        targets, means, stds = report["arrays"]
         ax.errorbar(targets, means, yerr=stds, marker="o", capsize=3, label=f"{run.name} (± std, {report['episodes']} episodes)")
         lo, hi = min(lo, targets.min(), (means - stds).min()), max(hi, targets.max(), (means + stds).max())
     ax.plot([lo, hi], [lo, hi], "k--", linewidth=1, label="achieved = target")
@@ -165,6 +154,20 @@ def plot_calibration(runs: list[Path], out: Path) -> Path | None:
     ax.legend(fontsize=8)
     fig.tight_layout()
     return save_figure(fig, out / CALIBRATION_PNG)
+
+
+def read_calibration(path: Path) -> dict[str, Any]:
+    """A ``calibration.json``, checked, with its (targets, means, stds) as arrays under "arrays"."""
+    fix = "run `dtrl calibrate` on the run again, or delete the file"
+
+    def arrays(report: dict[str, Any]) -> dict[str, Any]:
+        columns = [np.array([float(r[k]) for r in report["results"]]) for k in ("target_return", "return_mean", "return_std")]
+        if not len(columns[0]) or not all(np.isfinite(c).all() for c in columns):
+            raise ValueError("its results are empty or not finite")
+        float(report["dataset_best_return"]), int(report["episodes"]), str(report["env_id"])
+        return {**report, "arrays": columns}
+
+    return checked(path, read_json(path, fix), arrays, "a calibration report written by dtrl calibrate", fix)
 
 
 def plot_runs(runs: list[Path], out: Path) -> list[Path]:

@@ -13,6 +13,7 @@ draws from the predicted distribution instead (Atari's evaluation, Online DT's r
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Sequence
 
 import gymnasium as gym
@@ -24,6 +25,7 @@ from dtrl.data.episodes import space_from_dict
 from dtrl.data.sampler import Normalizer
 from dtrl.envs import check_fits
 from dtrl.errors import DtrlError
+from dtrl.fields import check_device
 from dtrl.hf import StateStats, is_transformers_dir, read_transformers
 from dtrl.models import DecisionTransformer, build_model
 from dtrl.models.decision_transformer import DecodingCache
@@ -32,11 +34,25 @@ from dtrl.models.gaussian import sample
 
 def pick_device(device: str = "auto") -> torch.device:
     """``auto`` is CUDA when there is one, else the CPU; asking for CUDA without one is a user error."""
+    check_device(device)
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise DtrlError(f"device {device!r} requested but CUDA is not available: use device=cpu")
     return torch.device(device)
+
+
+def model_with_weights(spec: PolicySpec, weights: dict[str, torch.Tensor], directory: Path) -> DecisionTransformer:
+    """The model of ``spec`` with ``weights``; weights of another shape are one line naming the directory."""
+    model = build_model(spec.model)
+    try:
+        model.load_state_dict(weights, strict=True)
+    except RuntimeError as e:
+        raise DtrlError(
+            f"weights in {directory} do not match its config.json ({str(e).splitlines()[0]}): "
+            "the checkpoint is from another model shape"
+        ) from None
+    return model
 
 
 class DecisionTransformerPolicy:
@@ -73,15 +89,7 @@ class DecisionTransformerPolicy:
             if state_stats is not None:
                 raise DtrlError(f"{path} is a dtrl policy, which carries its own state statistics: drop --state-stats")
             spec, weights, directory = load_policy_files(path)
-        model = build_model(spec.model)
-        try:
-            model.load_state_dict(weights, strict=True)
-        except RuntimeError as e:
-            raise DtrlError(
-                f"weights in {directory} do not match its config.json ({str(e).splitlines()[0]}): "
-                "the checkpoint is from another model shape"
-            ) from None
-        return cls(model, spec, pick_device(device), kv_cache)
+        return cls(model_with_weights(spec, weights, directory), spec, pick_device(device), kv_cache)
 
     def check_env(self, env: gym.Env | gym.vector.VectorEnv, env_id: str) -> None:
         """Fail in one line if ``env`` does not have the spaces the policy was trained on."""
@@ -126,7 +134,7 @@ class DecisionTransformerPolicy:
     # ------------------------------------------------------------------ episode API
     def reset(self, target_return: float | Sequence[float] | np.ndarray, num_envs: int | None = None) -> None:
         """Start new episodes with the return each should achieve (in the env's reward units)."""
-        targets = np.atleast_1d(np.asarray(target_return, dtype=np.float64))
+        targets = finite_numbers(target_return, "target_return")
         self._batched = num_envs is not None or np.ndim(target_return) > 0
         n = num_envs or len(targets)
         if len(targets) not in (1, n):
@@ -148,13 +156,13 @@ class DecisionTransformerPolicy:
         """The action for ``observation``; ``reward`` is what the previous action earned."""
         if self._rtg is None:
             raise DtrlError("call policy.reset(target_return=...) before policy.act(...)")
-        obs = np.asarray(observation, dtype=np.float32)
-        obs = obs.reshape(-1, self.spec.model.observation_dim) if self._batched else obs.reshape(1, -1)
-        if obs.shape[0] != self._rtg.shape[0]:
-            raise DtrlError(f"got {obs.shape[0]} observations for {self._rtg.shape[0]} environments set by reset()")
+        obs = self._observations(observation)
         K = self.context_length
         if self._t > 0:
-            r = torch.as_tensor(np.asarray(reward, dtype=np.float64).reshape(-1) / self.spec.reward_scale, device=self.device)
+            rewards = finite_numbers(reward, "reward")
+            if len(rewards) not in (1, obs.shape[0]):
+                raise DtrlError(f"got {len(rewards)} rewards for {obs.shape[0]} environments: give one per env")
+            r = torch.as_tensor(rewards / self.spec.reward_scale, device=self.device)
             self._next_rtg = self._next_rtg - r.float()
         states = torch.from_numpy(self.normalizer.states(obs)).to(self.device)
         if self._cache is not None:
@@ -181,6 +189,26 @@ class DecisionTransformerPolicy:
         self._actions[:, i] = self._previous_actions
         return action
 
+    def _observations(self, observation: np.ndarray) -> np.ndarray:
+        """``observation`` as (envs, observation_dim) float32, checked: its size, and finite."""
+        try:
+            obs = np.asarray(observation, dtype=np.float32)
+        except (TypeError, ValueError):
+            raise DtrlError(f"the observation must be an array of numbers, got {type(observation).__name__}") from None
+        dim, envs = self.spec.model.observation_dim, self._rtg.shape[0]
+        if self._batched and obs.size % dim == 0 and obs.size // dim != envs:
+            raise DtrlError(f"got {obs.size // dim} observations for {envs} environments set by reset()")
+        if obs.size != dim * envs:
+            per_env = f" for each of {envs} environments" if self._batched else ""
+            raise DtrlError(
+                f"got an observation of shape {obs.shape}, but the policy expects {dim} numbers{per_env} "
+                f"(observation space {tuple(self.observation_space.shape or ())})"
+            )
+        if not np.isfinite(obs).all():
+            raise DtrlError(f"the observation holds NaN or Inf (at index {int(np.flatnonzero(~np.isfinite(obs))[0])}): "
+                            "the policy needs finite numbers")
+        return obs.reshape(envs, dim)
+
     def _to_env(self, pred: torch.Tensor) -> np.ndarray:
         """Model output -> env action(s); remembers the model-space action, the next step's input."""
         if self.spec.model.discrete:
@@ -199,6 +227,17 @@ class DecisionTransformerPolicy:
                 action = action.reshape((-1, *self.action_space.shape)).astype(self.action_space.dtype)
         self._t += 1
         return action if self._batched else action[0]
+
+
+def finite_numbers(value: float | Sequence[float] | np.ndarray, name: str) -> np.ndarray:
+    """``value`` as a 1-d float64 array, or a one-line error when it is not numbers or not finite."""
+    try:
+        array = np.atleast_1d(np.asarray(value, dtype=np.float64)).reshape(-1)
+    except (TypeError, ValueError):
+        raise DtrlError(f"{name} must be a number or numbers, got {value!r}") from None
+    if not np.isfinite(array).all():
+        raise DtrlError(f"{name} must be finite, got {value!r}")
+    return array
 
 
 def load(

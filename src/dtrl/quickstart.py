@@ -23,13 +23,13 @@ from rich.table import Table
 from rich.text import Text
 
 from dtrl.calibrate import calibration_report, write_calibration
-from dtrl.checkpoint import latest_checkpoint
+from dtrl.checkpoint import RUN_CONFIG_FILE, latest_checkpoint
 from dtrl.config import load_config
 from dtrl.data.episodes import atomic_write
 from dtrl.errors import DtrlError
 from dtrl.evaluate import EvalResult, evaluate_random
 from dtrl.plot import CALIBRATION_FILE, plot_runs
-from dtrl.runs import training_config
+from dtrl.runfiles import RUN_CONFIG_FIX, read_yaml
 from dtrl.train import QUICKSTART_DATASET, TrainResult, open_dataset
 
 CONFIG = Path(str(files("dtrl") / "configs" / "quickstart.yaml"))
@@ -93,18 +93,31 @@ def sweep_chart(results: Sequence[EvalResult], best: float, width: int = 24) -> 
     return text
 
 
-def _check_same_seed(out_dir: Path, seed: int) -> None:
-    """An existing run of another seed is never resumed under this one (its results would be mixed)."""
-    saved = training_config(out_dir)
-    if saved is not None and saved.seed != seed:
-        raise DtrlError(
-            f"{out_dir} holds a quickstart run with seed {saved.seed}, not {seed}: "
-            f"pass --out-dir for a new directory, or --seed {saved.seed} to continue it"
-        )
-
-
 def default_out_dir(seed: int) -> Path:
     return Path("runs/quickstart") if seed == 0 else Path(f"runs/quickstart-seed{seed}")
+
+
+def check_quickstart_dir(out_dir: Path, seed: int) -> None:
+    """Continue only a quickstart run of this seed: a directory that holds another run (or other files) is not
+    ours to rewrite, and a run of another seed would mix its results with this one's."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DtrlError(f"--out-dir {out_dir} is a file: choose a directory for the quickstart run")
+    saved = out_dir / RUN_CONFIG_FILE
+    if saved.is_file():
+        config = read_yaml(saved, RUN_CONFIG_FIX)
+        dataset = config.get("dataset")
+        if dataset != QUICKSTART_DATASET:
+            raise DtrlError(
+                f"--out-dir {out_dir} holds another run (dataset {dataset!r}), which quickstart would resume and "
+                "rewrite: choose another --out-dir"
+            )
+        if config.get("seed", 0) != seed:
+            raise DtrlError(
+                f"{out_dir} holds a quickstart run with seed {config.get('seed', 0)}, not {seed}: "
+                f"pass --out-dir for a new directory, or --seed {config.get('seed', 0)} to continue it"
+            )
+    elif out_dir.is_dir() and any(out_dir.iterdir()):
+        raise DtrlError(f"--out-dir {out_dir} is a directory with other files in it: choose a new or empty --out-dir")
 
 
 def run(
@@ -129,8 +142,8 @@ def run(
         overrides.append(f"steps={steps}")
     config = load_config(CONFIG, overrides)
     resume = latest_checkpoint(out_dir) is not None
+    check_quickstart_dir(out_dir, seed)
     if resume:
-        _check_same_seed(out_dir, seed)
         console.print(f"{out_dir} already holds a quickstart run: continuing it (delete the directory to start over)")
     console.print(
         f"[bold]training[/] a {config.model.n_layer}-layer DT (K={config.model.context_length}, "

@@ -7,15 +7,12 @@ live at the top of a run, not inside its checkpoints.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from dtrl.checkpoint import CHECKPOINT_DIR, latest_checkpoint
-from dtrl.config import TrainConfig, from_dict
-from dtrl.errors import DtrlError
+from dtrl.config import TrainConfig, read_saved_config
+from dtrl.runfiles import checked, read_json
 from dtrl.train import RUN_CONFIG_FILE
 
 EVAL_FILE = "eval.json"
@@ -35,10 +32,7 @@ def run_dir_of(path: str | Path) -> Path | None:
 
 def read_run_config(run_dir: Path, name: str = RUN_CONFIG_FILE) -> TrainConfig:
     """The resolved config a run was trained with."""
-    try:
-        return from_dict(TrainConfig, yaml.safe_load((run_dir / name).read_text()) or {})
-    except yaml.YAMLError as e:
-        raise DtrlError(f"{run_dir / name} is not valid YAML ({str(e).splitlines()[0]}): restore it") from None
+    return read_saved_config(run_dir / name)
 
 
 def training_config(path: str | Path) -> TrainConfig | None:
@@ -57,7 +51,11 @@ def final_evaluation(run_dir: Path, checkpoint: Path) -> list[dict[str, Any]] | 
     newest = latest_checkpoint(run_dir)
     if not report.is_file() or newest is None or newest.resolve() != checkpoint.resolve():
         return None
-    try:
-        return json.loads(report.read_text())
-    except json.JSONDecodeError:
-        raise DtrlError(f"{report} is not valid JSON: delete it or re-run the evaluation") from None
+    fix = "delete it or run the evaluation again"
+    return checked(report, read_json(report, fix), _eval_rows, "an evaluation report written by dtrl train", fix)
+
+
+def _eval_rows(data: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each row with the numbers a model card shows, checked (a KeyError or ValueError names what is wrong)."""
+    numbers = ("target_return", "return_mean", "return_std")
+    return [{**row, **{k: float(row[k]) for k in numbers}, "episodes": int(row["episodes"])} for row in data]

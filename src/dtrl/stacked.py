@@ -67,6 +67,7 @@ from dtrl.data.sampler import Batch, SegmentSampler
 from dtrl.distributed import Dist
 from dtrl.errors import DiskError, DtrlError
 from dtrl.evaluate import EvalResult
+from dtrl.fields import SEED_MAX
 from dtrl.models import build_model
 from dtrl.models.gaussian import network_parameters, per_step_loss
 from dtrl.models.mlp_bc import loss_mask
@@ -103,6 +104,8 @@ def check_seeds(seeds: Sequence[int]) -> list[int]:
     seeds = list(seeds)
     if not seeds:
         raise DtrlError("no seeds given: e.g. --seeds 0,1,2")
+    if bad := [s for s in seeds if not 0 <= s <= SEED_MAX]:
+        raise DtrlError(f"seed {bad[0]} is out of range: seeds are integers in [0, {SEED_MAX:,}]")
     if len(set(seeds)) != len(seeds):
         raise DtrlError(f"seeds {seeds} repeat one: every seed gets its own run directory")
     return seeds

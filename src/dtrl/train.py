@@ -27,6 +27,7 @@ import yaml
 
 from dtrl import distributed
 from dtrl.checkpoint import (
+    RUN_CONFIG_FILE,
     PolicySpec,
     latest_checkpoint,
     load_policy_files,
@@ -35,7 +36,7 @@ from dtrl.checkpoint import (
     remove_partial_writes,
     save_checkpoint,
 )
-from dtrl.config import ModelConfig, TrainConfig, from_dict, merge, to_dict
+from dtrl.config import ModelConfig, TrainConfig, read_saved_config, resumed_config, to_dict
 from dtrl.data.episodes import EpisodeDataset, append_line, atomic_write, space_to_dict
 from dtrl.data.readers import load_dataset
 from dtrl.data.sampler import Batch, Normalizer, SegmentSampler
@@ -52,7 +53,6 @@ from dtrl.tracking import start_wandb, write_run_info
 from dtrl.validation import ActionError, hold_out, validation_split
 
 QUICKSTART_DATASET = "quickstart"
-RUN_CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
 log = logging.getLogger(__name__)
 
@@ -457,19 +457,22 @@ def write_eval_report(run_dir: Path, results: list[EvalResult]) -> None:
 
 
 def prepare_run(config: TrainConfig, resume: bool, overrides: dict[str, Any] | None = None) -> TrainConfig:
-    """Create the run directory, or on resume reload its config (plus overrides such as steps)."""
+    """Create the run directory, or on resume reload its config. ``overrides``: on resume, the keys given
+    explicitly (config file, environment, command line), applied where safe and refused otherwise
+    (:func:`dtrl.config.resumed_config`)."""
     run_dir = Path(config.out_dir)
     saved = run_dir / RUN_CONFIG_FILE
     if resume:
         if not saved.is_file():
             raise DtrlError(f"cannot resume: {run_dir} has no {RUN_CONFIG_FILE}; start the run without --resume")
-        config = from_dict(TrainConfig, merge(yaml.safe_load(saved.read_text()), overrides or {}))
-        config.validate()
+        config = resumed_config(read_saved_config(saved), overrides or {}, run_dir)
         config.out_dir = str(run_dir)
-    elif latest_checkpoint(run_dir) is not None:
-        raise DtrlError(
-            f"{run_dir} already holds checkpoints: pass --resume to continue it, or choose another out_dir"
-        )
+    else:
+        config.validate()
+        if latest_checkpoint(run_dir) is not None:
+            raise DtrlError(
+                f"{run_dir} already holds checkpoints: pass --resume to continue it, or choose another out_dir"
+            )
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:

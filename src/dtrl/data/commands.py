@@ -55,7 +55,7 @@ def collect(
     transitions: Optional[int] = typer.Option(
         None, "--transitions", min=1, help="Transitions per recorded dataset [default: 1,000,000; Atari: 500,000]."
     ),
-    seed: int = typer.Option(0, "--seed", help="Everything derives from it: agent, rollouts, reference scores."),
+    seed: int = typer.Option(0, "--seed", min=0, help="Everything derives from it: agent, rollouts, reference scores."),
     agent_steps: Optional[int] = typer.Option(
         None, "--agent-steps", min=1, help="Env steps to train the behaviour agent [default: 1,000,000; Atari: 10,000,000]."
     ),
@@ -140,6 +140,7 @@ def export(
     out: Optional[Path] = typer.Option(
         None, "--out", help="Output file (d4rl, npz) or Minari datasets root (default: Minari's own, ~/.minari/datasets)."
     ),
+    force: bool = typer.Option(False, "--force", help="Replace an existing file at --out."),
 ) -> None:
     """Export a dataset as a D4RL HDF5 file, a Minari dataset or a dtrl .npz."""
     from dtrl.cli import console
@@ -150,6 +151,8 @@ def export(
         raise DtrlError(f"unknown export format {format!r}: choose one of {', '.join(EXPORT_FORMATS)}")
     if format != "minari" and out is None:
         raise DtrlError(f"--format {format} writes a file: give its path with --out PATH")
+    if out is not None:
+        out = check_dataset_output(out, "--out", source, force, native=format == "npz", directory=format == "minari")
     dataset = open_dataset(source)
     if format == "d4rl":
         written = write_d4rl(dataset, out)  # type: ignore[arg-type]
@@ -158,6 +161,23 @@ def export(
     else:
         written = write_minari(dataset, out)
     console.print(f"wrote {written} ({dataset.num_episodes} episodes, {len(dataset)} transitions)", soft_wrap=True, highlight=False)
+
+
+def check_dataset_output(
+    output: Path, option: str, source: str, force: bool, native: bool = False, directory: bool = False
+) -> Path:
+    """Where a dataset command writes, checked before the data is read: never its own source, and an
+    existing file only with --force. ``native``: the path gets .npz, as EpisodeDataset.save gives it."""
+    from dtrl.data.cache import cached_dataset
+    from dtrl.data.episodes import NATIVE_SUFFIX
+    from dtrl.outputs import check_output
+
+    path = Path(output)
+    if native and path.suffix != NATIVE_SUFFIX:
+        path = path.with_name(path.name + NATIVE_SUFFIX)
+    read = cached_dataset(source) or Path(source)
+    sources = [read] if read.exists() else []
+    return check_output(path, option, directory=directory, force=force, sources=sources, replace_files=directory)
 
 
 def list_(

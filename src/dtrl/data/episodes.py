@@ -246,6 +246,15 @@ class EpisodeDataset:
                     f"{where}: a discrete action space needs integer actions of shape (N,), "
                     f"got {self.actions.dtype} {self.actions.shape}"
                 )
+            space = self.action_space
+            low, high = int(self.actions.min()), int(self.actions.max())
+            if low < space.start or high >= space.start + space.n:
+                bad = low if low < space.start else high
+                raise DtrlError(
+                    f"{where}: action {bad} (at transition {int(np.flatnonzero(self.actions == bad)[0])}) lies outside "
+                    f"the action space {space} (actions {space.start} to {space.start + space.n - 1}): "
+                    "fix the actions or the recorded space"
+                )
         elif tuple(self.actions.shape[1:]) != tuple(self.action_space.shape):
             raise DtrlError(
                 f"{where}: actions have shape {self.actions.shape[1:]} per step but the "
@@ -460,8 +469,8 @@ def returns_to_go(rewards: np.ndarray, episode_starts: np.ndarray) -> np.ndarray
     return out
 
 
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
+UMASK = os.umask(0o022)
+os.umask(UMASK)
 
 
 def atomic_write(path: Path, write: Any) -> None:
@@ -480,7 +489,7 @@ def atomic_write(path: Path, write: Any) -> None:
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the file the usual permissions
+        os.chmod(tmp, 0o666 & ~UMASK)  # mkstemp creates 0600; give the file the usual permissions
         os.replace(tmp, path)
     except BaseException as e:
         if os.path.exists(tmp):

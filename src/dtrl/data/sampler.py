@@ -63,7 +63,9 @@ class Normalizer:
         if self.action_low is None:
             return actions
         a = actions.reshape(actions.shape[0], -1).astype(np.float32)
-        return np.clip(2.0 * (a - self.action_low) / (self.action_high - self.action_low) - 1.0, -1.0, 1.0)
+        span = self.action_high - self.action_low
+        span = np.where(span > 0, span, 1.0)  # a dimension with low == high (a constant action) maps to -1, not NaN
+        return np.clip(2.0 * (a - self.action_low) / span - 1.0, -1.0, 1.0)
 
     def actions_to_env(self, actions: np.ndarray) -> np.ndarray:
         if self.action_low is None:
