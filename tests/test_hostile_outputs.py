@@ -120,3 +120,9 @@ def test_checkpoints_without_train_state_still_evaluate_and_a_corrupt_pointer_is
         (step / "train_state.pt").unlink()
     code, _, err = cli(capsys, "eval", out, "-r", "-200", "-n", "1")
     assert code == 0, err
+    before = tree(out / "checkpoints")
+    code, _, err = cli(capsys, "train", f"out_dir={out}", "--resume")  # would start over onto the old step_N
+    assert code != 0 and "none of its checkpoints has train_state.pt" in err and "\n" not in err.strip()
+    code, _, err = cli(capsys, "train", f"out_dir={out}", "steps=2")  # nor does a new run write over them
+    assert code != 0 and "already holds checkpoints" in err
+    assert tree(out / "checkpoints") == before

@@ -27,7 +27,10 @@ import yaml
 
 from dtrl import distributed
 from dtrl.checkpoint import (
+    CHECKPOINT_DIR,
+    CONFIG_FILE,
     RUN_CONFIG_FILE,
+    TRAIN_STATE_FILE,
     PolicySpec,
     latest_checkpoint,
     load_policy_files,
@@ -462,14 +465,21 @@ def prepare_run(config: TrainConfig, resume: bool, overrides: dict[str, Any] | N
     (:func:`dtrl.config.resumed_config`)."""
     run_dir = Path(config.out_dir)
     saved = run_dir / RUN_CONFIG_FILE
+    # checkpoints whose train_state.pt is gone still hold a policy: neither resumed nor written over
+    policies = any((run_dir / CHECKPOINT_DIR).glob(f"step_*/{CONFIG_FILE}"))
     if resume:
         if not saved.is_file():
             raise DtrlError(f"cannot resume: {run_dir} has no {RUN_CONFIG_FILE}; start the run without --resume")
+        if policies and latest_checkpoint(run_dir) is None:
+            raise DtrlError(
+                f"cannot resume {run_dir}: none of its checkpoints has {TRAIN_STATE_FILE} (the optimizer and "
+                "sampler state); evaluate or export them as they are, or train into a new out_dir"
+            )
         config = resumed_config(read_saved_config(saved), overrides or {}, run_dir)
         config.out_dir = str(run_dir)
     else:
         config.validate()
-        if latest_checkpoint(run_dir) is not None:
+        if policies or latest_checkpoint(run_dir) is not None:
             raise DtrlError(
                 f"{run_dir} already holds checkpoints: pass --resume to continue it, or choose another out_dir"
             )
