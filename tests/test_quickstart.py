@@ -33,7 +33,7 @@ def test_a_clear_rise_follows_the_target() -> None:
 
 def test_a_rise_within_the_noise_is_not_called_following() -> None:
     low, high = result(900, [500, 1500, 1000, 100]), result(3600, [400, 2000, 1200, 300])
-    rise, noise = high.mean - low.mean, np.hypot(standard_error(low), standard_error(high))
+    rise, noise = high.mean - low.mean, np.hypot(standard_error(low.returns), standard_error(high.returns))
     assert 0 < rise <= RISE_IN_ERRORS * noise  # higher, but not by more than its noise
     verdict = sweep_verdict([low, high])
     assert not verdict.follows and "within" in verdict.reason

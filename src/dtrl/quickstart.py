@@ -45,10 +45,19 @@ def quickstart_targets(returns: np.ndarray, points: int = TARGET_POINTS) -> list
     return [float(round(t, -2)) for t in np.linspace(0.25 * best, best, points)]
 
 
-def standard_error(result: EvalResult) -> float:
+def standard_error(returns: np.ndarray) -> float:
     """The standard error of a target's mean return (sample std over sqrt(episodes))."""
-    n = len(result.returns)
-    return float(result.returns.std(ddof=1) / np.sqrt(n)) if n > 1 else float("inf")
+    n = len(returns)
+    return float(np.std(returns, ddof=1) / np.sqrt(n)) if n > 1 else float("inf")
+
+
+def first_fall(returns: Sequence[np.ndarray]) -> int | None:
+    """The first step ``i -> i + 1`` up the sweep whose mean falls by more than the step's standard
+    error (sqrt of the two means' squared errors summed), or None; ``returns``: each target's episodes."""
+    for i, (a, b) in enumerate(zip(returns, returns[1:])):
+        if np.mean(b) - np.mean(a) < -np.hypot(standard_error(a), standard_error(b)):
+            return i
+    return None
 
 
 @dataclass
@@ -61,19 +70,17 @@ class Verdict:
 
 def sweep_verdict(results: Sequence[EvalResult]) -> Verdict:
     """Follows the target when the highest target's mean exceeds the lowest's by more than
-    ``RISE_IN_ERRORS`` standard errors of the difference and no step up the sweep falls by
-    more than the standard error of that step (sqrt of the two means' squared errors summed)."""
+    ``RISE_IN_ERRORS`` standard errors of the difference and no step up the sweep falls
+    (:func:`first_fall`)."""
     low, high = results[0], results[-1]
     rise = high.mean - low.mean
-    noise = float(np.hypot(standard_error(low), standard_error(high)))
-    falls = [
-        (a, b) for a, b in zip(results, results[1:]) if b.mean - a.mean < -np.hypot(standard_error(a), standard_error(b))
-    ]
+    noise = float(np.hypot(standard_error(low.returns), standard_error(high.returns)))
+    fall = first_fall([r.returns for r in results])
     sweep = f"{low.mean:.0f} at target {low.target_return:g} -> {high.mean:.0f} at target {high.target_return:g}"
     if rise <= RISE_IN_ERRORS * noise:
         return Verdict(False, f"{sweep}: a rise of {rise:.0f} is within {RISE_IN_ERRORS:g} standard errors ({noise:.0f})")
-    if falls:
-        a, b = falls[0]
+    if fall is not None:
+        a, b = results[fall], results[fall + 1]
         return Verdict(False, f"{sweep}, but it falls from {a.mean:.0f} to {b.mean:.0f} between targets "
                               f"{a.target_return:g} and {b.target_return:g} by more than its standard error")  # fmt: skip
     return Verdict(True, f"{sweep}: up {rise / noise:.1f} standard errors; no step falls by more than its error")
@@ -141,8 +148,8 @@ def run(
     if steps:
         overrides.append(f"steps={steps}")
     config = load_config(CONFIG, overrides)
-    resume = latest_checkpoint(out_dir) is not None
     check_quickstart_dir(out_dir, seed)
+    resume = latest_checkpoint(out_dir) is not None
     if resume:
         console.print(f"{out_dir} already holds a quickstart run: continuing it (delete the directory to start over)")
     console.print(

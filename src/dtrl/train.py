@@ -479,7 +479,7 @@ def prepare_run(config: TrainConfig, resume: bool, overrides: dict[str, Any] | N
         config.out_dir = str(run_dir)
     else:
         config.validate()
-        if policies or latest_checkpoint(run_dir) is not None:
+        if policies:  # every complete checkpoint holds a config.json too
             raise DtrlError(
                 f"{run_dir} already holds checkpoints: pass --resume to continue it, or choose another out_dir"
             )
