@@ -43,6 +43,8 @@ CHECKPOINT_DIR = "checkpoints"
 log = logging.getLogger(__name__)
 RUN_CONFIG_FILE = "config.yaml"
 """At the top of a run directory: the resolved training config."""
+METRICS_FILE = "metrics.jsonl"
+"""At the top of a run directory: one JSON line of metrics per logged step."""
 
 
 @dataclass

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from dtrl.checkpoint import CHECKPOINT_DIR, CONFIG_FILE, RUN_CONFIG_FILE, TRAIN_STATE_FILE
+from dtrl.checkpoint import CHECKPOINT_DIR, CONFIG_FILE, METRICS_FILE, RUN_CONFIG_FILE, TRAIN_STATE_FILE
 from dtrl.data.episodes import UMASK
 from dtrl.errors import DtrlError
 
@@ -27,7 +27,7 @@ FORCE_HINT = "choose another path, or pass --force to overwrite it"
 
 def is_run_dir(path: Path) -> bool:
     """A directory ``dtrl train`` made: its resolved config and its checkpoints (or metrics) at the top."""
-    return (path / RUN_CONFIG_FILE).is_file() and ((path / CHECKPOINT_DIR).is_dir() or (path / "metrics.jsonl").is_file())
+    return (path / RUN_CONFIG_FILE).is_file() and ((path / CHECKPOINT_DIR).is_dir() or (path / METRICS_FILE).is_file())
 
 
 def is_checkpoint(path: Path) -> bool:

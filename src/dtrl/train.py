@@ -29,6 +29,7 @@ from dtrl import distributed
 from dtrl.checkpoint import (
     CHECKPOINT_DIR,
     CONFIG_FILE,
+    METRICS_FILE,
     RUN_CONFIG_FILE,
     TRAIN_STATE_FILE,
     PolicySpec,
@@ -56,7 +57,6 @@ from dtrl.tracking import start_wandb, write_run_info
 from dtrl.validation import ActionError, hold_out, validation_split
 
 QUICKSTART_DATASET = "quickstart"
-METRICS_FILE = "metrics.jsonl"
 log = logging.getLogger(__name__)
 
 
