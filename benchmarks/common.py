@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 import dtrl
-from dtrl.data.episodes import atomic_write
+from dtrl.io import atomic_write
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -71,7 +71,8 @@ from common import RESULTS, environment  # noqa: E402
 import dtrl  # noqa: E402
 from dtrl.calibrate import calibrate  # noqa: E402
 from dtrl.config import FinetuneConfig, load_config  # noqa: E402
-from dtrl.data.episodes import EpisodeDataset, append_line, atomic_write  # noqa: E402
+from dtrl.data.episodes import EpisodeDataset  # noqa: E402
+from dtrl.io import append_line, atomic_write  # noqa: E402
 from dtrl.errors import DtrlError  # noqa: E402
 from dtrl.evaluate import EvalResult, evaluate  # noqa: E402
 from dtrl.finetune import finetune  # noqa: E402

@@ -34,7 +34,8 @@ import torch
 
 from common import RESULTS, environment
 from dtrl.config import load_config
-from dtrl.data.episodes import EpisodeDataset, atomic_write
+from dtrl.data.episodes import EpisodeDataset
+from dtrl.io import atomic_write
 from dtrl.errors import DtrlError
 from dtrl.evaluate import EvalResult, evaluate, evaluate_random, rollout
 from dtrl.key_to_door import ENV_ID, MOVES, KeyToDoorEnv

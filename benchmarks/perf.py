@@ -66,7 +66,8 @@ from common import RESULTS, environment, save  # noqa: E402
 
 from dtrl.checkpoint import PolicySpec  # noqa: E402
 from dtrl.config import TrainConfig  # noqa: E402
-from dtrl.data.episodes import EpisodeDataset, atomic_write, space_to_dict  # noqa: E402
+from dtrl.data.episodes import EpisodeDataset, space_to_dict  # noqa: E402
+from dtrl.io import atomic_write  # noqa: E402
 from dtrl.data.sampler import Normalizer, SegmentSampler  # noqa: E402
 from dtrl.models import DecisionTransformer  # noqa: E402
 from dtrl.policy import DecisionTransformerPolicy  # noqa: E402

@@ -120,9 +120,11 @@ if __name__ == "__main__":  # the child: python test_crash_resume.py KIND N LOG 
 import pytest  # noqa: E402  (the child above needs none of this)
 import torch  # noqa: E402
 
-from dtrl.checkpoint import CHECKPOINT_DIR, latest_checkpoint, load_policy_files, load_train_state  # noqa: E402
+from dtrl.runfiles import CHECKPOINT_DIR  # noqa: E402
+from dtrl.checkpoint import latest_checkpoint, load_policy_files, load_train_state  # noqa: E402
 from dtrl.config import load_config  # noqa: E402
-from dtrl.train import METRICS_FILE, train  # noqa: E402
+from dtrl.runfiles import METRICS_FILE  # noqa: E402
+from dtrl.train import train  # noqa: E402
 
 from conftest import tiny_overrides  # noqa: E402
 

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from dtrl.checkpoint import CHECKPOINT_DIR, LATEST_FILE, load_policy_files, load_train_state
+from dtrl.runfiles import CHECKPOINT_DIR, LATEST_FILE
+from dtrl.checkpoint import load_policy_files, load_train_state
 from dtrl.config import TrainConfig, load_config
 from dtrl.data import EpisodeDataset
 from dtrl.data.sampler import Batch, Normalizer, SegmentSampler

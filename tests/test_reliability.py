@@ -26,13 +26,15 @@ import pytest
 import torch
 
 import dtrl.train as train_module
-from dtrl.checkpoint import CHECKPOINT_DIR, LATEST_FILE, TRAIN_STATE_FILE, latest_checkpoint, load_policy_files
+from dtrl.runfiles import CHECKPOINT_DIR, LATEST_FILE, TRAIN_STATE_FILE
+from dtrl.checkpoint import latest_checkpoint, load_policy_files
 from dtrl.config import load_config
 from dtrl.data import Episode, EpisodeDataset, load_dataset
-from dtrl.data.episodes import append_line
+from dtrl.io import append_line
 from dtrl.data.sampler import SegmentSampler
 from dtrl.errors import DiskError, DtrlError
-from dtrl.train import METRICS_FILE, TrainResult, train
+from dtrl.runfiles import METRICS_FILE
+from dtrl.train import TrainResult, train
 
 from conftest import tiny_overrides
 
@@ -414,7 +416,7 @@ def test_unwritable_output_directory(pendulum_path: Path, tmp_path: Path, monkey
     def mkstemp(*args: Any, **kwargs: Any) -> Any:
         raise PermissionError(errno.EACCES, "Permission denied")
 
-    monkeypatch.setattr("dtrl.data.episodes.tempfile.mkstemp", mkstemp)
+    monkeypatch.setattr("dtrl.io.tempfile.mkstemp", mkstemp)
     with one_line_error(r"cannot write .*config\.yaml: Permission denied: choose a writable location or fix its permissions"):
         run(pendulum_path, tmp_path / "run")
 

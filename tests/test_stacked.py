@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from dtrl.checkpoint import CHECKPOINT_DIR, latest_checkpoint, load_policy_files, load_train_state
+from dtrl.runfiles import CHECKPOINT_DIR
+from dtrl.checkpoint import latest_checkpoint, load_policy_files, load_train_state
 from dtrl.config import ModelConfig, TrainConfig, load_config
 from dtrl.data import Episode, EpisodeDataset
 from dtrl.data.sampler import SegmentSampler

@@ -8,15 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from dtrl.checkpoint import (
-    CHECKPOINT_DIR,
-    LATEST_FILE,
-    TRAIN_STATE_FILE,
-    WEIGHTS_FILE,
-    latest_checkpoint,
-    load_policy_files,
-    write_policy,
-)
+from dtrl.runfiles import CHECKPOINT_DIR, LATEST_FILE, TRAIN_STATE_FILE, WEIGHTS_FILE
+from dtrl.checkpoint import latest_checkpoint, load_policy_files, write_policy
 from dtrl.config import TrainConfig, load_config
 from dtrl.errors import DtrlError
 from dtrl.policy import load

@@ -14,7 +14,8 @@ import torch.nn.functional as F
 
 import dtrl
 from conftest import pendulum_spec, tiny_overrides
-from dtrl.checkpoint import BEST_FILE, CHECKPOINT_DIR, latest_checkpoint, mark_best, read_best, save_checkpoint
+from dtrl.runfiles import BEST_FILE, CHECKPOINT_DIR
+from dtrl.checkpoint import latest_checkpoint, mark_best, read_best, save_checkpoint
 from dtrl.config import load_config
 from dtrl.data import EpisodeDataset
 from dtrl.data.sampler import Normalizer

@@ -8,17 +8,17 @@ conditioning works and where it saturates (figure 4 of the paper).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
 from dtrl.checkpoint import resolve_policy_dir
-from dtrl.data.episodes import EpisodeDataset, atomic_write
+from dtrl.data.episodes import EpisodeDataset
+from dtrl.io import write_json
 from dtrl.errors import DtrlError
 from dtrl.evaluate import EvalResult, evaluate
-from dtrl.plot import CALIBRATION_FILE
+from dtrl.runfiles import CALIBRATION_FILE
 from dtrl.policy import DecisionTransformerPolicy
 from dtrl.runs import training_config
 from dtrl.train import open_dataset
@@ -78,5 +78,4 @@ def calibration_report(
 
 
 def write_calibration(report: dict[str, Any], path: Path) -> None:
-    text = json.dumps(report, indent=2).encode()
-    atomic_write(path, lambda f: f.write(text))
+    write_json(path, report)

@@ -30,21 +30,11 @@ from safetensors.torch import load_file, save as safetensors_bytes
 
 from dtrl import __version__
 from dtrl.config import ModelConfig, from_dict, to_dict
-from dtrl.data.episodes import atomic_write
 from dtrl.errors import DiskError, DtrlError, write_error
+from dtrl.io import atomic_write, fsync_dir, write_json
+from dtrl.runfiles import BEST_FILE, CHECKPOINT_DIR, CONFIG_FILE, LATEST_FILE, TRAIN_STATE_FILE, WEIGHTS_FILE
 
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
-TRAIN_STATE_FILE = "train_state.pt"
-LATEST_FILE = "latest"
-BEST_FILE = "best.json"
-"""In ``checkpoints/``: the checkpoint with the lowest val/loss so far (runs with val_fraction set)."""
-CHECKPOINT_DIR = "checkpoints"
 log = logging.getLogger(__name__)
-RUN_CONFIG_FILE = "config.yaml"
-"""At the top of a run directory: the resolved training config."""
-METRICS_FILE = "metrics.jsonl"
-"""At the top of a run directory: one JSON line of metrics per logged step."""
 
 
 @dataclass
@@ -73,19 +63,11 @@ class PolicySpec:
         return cls(**d)
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_policy(directory: Path, spec: PolicySpec, state_dict: dict[str, torch.Tensor]) -> None:
     """Write ``config.json`` and ``model.safetensors`` into an existing directory."""
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
     atomic_write(directory / WEIGHTS_FILE, lambda f: f.write(safetensors_bytes(tensors, metadata={"format": "pt"})))
-    atomic_write(directory / CONFIG_FILE, lambda f: f.write(json.dumps(spec.to_json(), indent=2).encode()))
+    write_json(directory / CONFIG_FILE, spec.to_json())
 
 
 def save_checkpoint(
@@ -107,11 +89,11 @@ def save_checkpoint(
     try:
         write_policy(tmp, spec, state_dict)
         atomic_write(tmp / TRAIN_STATE_FILE, lambda f: torch.save(train_state, f))
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
-        _fsync_dir(root)
+        fsync_dir(root)
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(e, DiskError):  # name the checkpoint, not a file in its hidden temp directory
@@ -147,8 +129,7 @@ def mark_best(run_dir: Path, checkpoint: Path, step: int, val_loss: float) -> bo
     best = read_best(run_dir)
     if best is not None and best["val_loss"] <= val_loss and (checkpoint.parent / best["checkpoint"]).is_dir():
         return False
-    record = json.dumps({"checkpoint": checkpoint.name, "step": step, "val_loss": val_loss}, indent=2).encode()
-    atomic_write(checkpoint.parent / BEST_FILE, lambda f: f.write(record))
+    write_json(checkpoint.parent / BEST_FILE, {"checkpoint": checkpoint.name, "step": step, "val_loss": val_loss})
     return True
 
 

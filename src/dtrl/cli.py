@@ -6,7 +6,6 @@ Every command turns a :class:`DtrlError` into one line on stderr and exit code
 
 from __future__ import annotations
 
-import json
 import sys
 from contextlib import contextmanager
 from enum import Enum
@@ -234,7 +233,7 @@ def eval_(
     force: bool = typer.Option(False, "--force", help=FORCE_HELP),
 ) -> None:
     """Evaluate a policy in the simulator at one or more target returns, or on a dataset's logged actions."""
-    from dtrl.data.episodes import atomic_write
+    from dtrl.io import write_json
     from dtrl.evaluate import evaluate
     from dtrl.hf import is_transformers_dir
     from dtrl.outputs import check_output
@@ -264,8 +263,7 @@ def eval_(
         results = evaluate(policy, env_id, targets, episodes, seed, on_step)
     console.print(results_table(f"{env_id}: {episodes} episodes per target", results))
     if output:
-        text = json.dumps([r.to_dict() for r in results], indent=2).encode()
-        atomic_write(output, lambda f: f.write(text))
+        write_json(output, [r.to_dict() for r in results])
     if video:
         from dtrl.video import record_videos
 
@@ -312,7 +310,7 @@ def _load_policy(checkpoint: Path, device: str, kv_cache: bool = False, state_st
 
 def _offline_eval(policy, data, output: Optional[Path]) -> None:
     """``dtrl eval --dataset`` without targets: the action error on the dataset's episodes."""
-    from dtrl.data.episodes import atomic_write
+    from dtrl.io import write_json
     from dtrl.validation import offline_report
 
     report = offline_report(policy, data)
@@ -322,7 +320,7 @@ def _offline_eval(policy, data, output: Optional[Path]) -> None:
     table.add_row(str(report["episodes"]), str(report["steps"]), f"{report['action_error']:.4f}")
     console.print(table)
     if output:
-        atomic_write(output, lambda f: f.write(json.dumps(report, indent=2).encode()))
+        write_json(output, report)
 
 
 _FT = FinetuneConfig()
@@ -482,7 +480,8 @@ def calibrate(
     force: bool = typer.Option(False, "--force", help=FORCE_HELP),
 ) -> None:
     """Sweep target returns and record the achieved return: calibration.json, drawn by `dtrl plot`."""
-    from dtrl.calibrate import CALIBRATION_FILE, calibrate as run_calibration, dataset_of, write_calibration
+    from dtrl.runfiles import CALIBRATION_FILE
+    from dtrl.calibrate import calibrate as run_calibration, dataset_of, write_calibration
     from dtrl.outputs import check_output
 
     default = Path(checkpoint) / CALIBRATION_FILE

@@ -22,13 +22,14 @@ from torch import nn
 
 from dtrl import __version__
 from dtrl.checkpoint import PolicySpec, load_policy_files, write_policy
-from dtrl.data.episodes import atomic_write
+from dtrl.io import atomic_write
 from dtrl.errors import DtrlError
 from dtrl.hf import STATE_STATS_FILE, export_transformers
 from dtrl.models import DecisionTransformer
 from dtrl.outputs import check_output, staged_directory
 from dtrl.policy import model_with_weights
-from dtrl.runs import EXPORTED_CONFIG_FILE, RUN_CONFIG_FILE, final_evaluation, run_dir_of, training_config
+from dtrl.runfiles import EXPORTED_CONFIG_FILE, RUN_CONFIG_FILE
+from dtrl.runs import final_evaluation, run_dir_of, training_config
 
 FORMATS = ("policy", "torchscript", "onnx", "transformers")
 TORCHSCRIPT_FILE = "policy.torchscript.pt"

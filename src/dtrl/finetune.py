@@ -20,7 +20,6 @@ action on the same evaluation seeds; rollouts use seeds drawn away from those.
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from collections import deque
 from dataclasses import asdict, dataclass, field
@@ -32,8 +31,8 @@ import numpy as np
 import torch
 import yaml
 
+from dtrl.runfiles import TRAIN_STATE_FILE
 from dtrl.checkpoint import (
-    TRAIN_STATE_FILE,
     PolicySpec,
     latest_checkpoint,
     load_policy_files,
@@ -41,7 +40,8 @@ from dtrl.checkpoint import (
     save_checkpoint,
 )
 from dtrl.config import FinetuneConfig, TrainConfig
-from dtrl.data.episodes import Episode, EpisodeDataset, atomic_write, space_from_dict
+from dtrl.data.episodes import Episode, EpisodeDataset, space_from_dict
+from dtrl.io import atomic_write, write_json
 from dtrl.data.sampler import Normalizer, SegmentSampler
 from dtrl.envs import check_env_id
 from dtrl.errors import DtrlError
@@ -261,6 +261,5 @@ def finetune(
     finally:
         logger.close()
     result = FinetuneResult(out_dir, ckpt, offline, online, env_steps, updates, rollout_returns)
-    text = json.dumps(result.to_dict(), indent=2).encode()
-    atomic_write(out_dir / REPORT_FILE, lambda f: f.write(text))
+    write_json(out_dir / REPORT_FILE, result.to_dict())
     return result

@@ -37,9 +37,11 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from dtrl.checkpoint import CONFIG_FILE, PolicySpec
+from dtrl.runfiles import CONFIG_FILE
+from dtrl.checkpoint import PolicySpec
 from dtrl.config import ModelConfig
-from dtrl.data.episodes import EpisodeDataset, atomic_write, space_to_dict
+from dtrl.data.episodes import EpisodeDataset, space_to_dict
+from dtrl.io import write_json
 from dtrl.errors import DtrlError
 
 MODEL_TYPE = "decision_transformer"
@@ -311,5 +313,5 @@ def export_transformers(model: torch.nn.Module, spec: PolicySpec, out: Path) -> 
             written.append(out / file.name)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    atomic_write(out / STATE_STATS_FILE, lambda f: f.write(json.dumps(stats, indent=2).encode()))
+    write_json(out / STATE_STATS_FILE, stats)
     return [*written, out / STATE_STATS_FILE]

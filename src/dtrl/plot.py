@@ -18,12 +18,11 @@ from typing import Any
 
 import numpy as np
 
-from dtrl.data.episodes import atomic_write
+from dtrl.io import atomic_write
 from dtrl.errors import DtrlError
-from dtrl.runfiles import RUN_CONFIG_FIX, checked, read_json, read_jsonl, read_yaml
+from dtrl.runfiles import CALIBRATION_FILE, METRICS_FILE, RUN_CONFIG_FILE, RUN_CONFIG_FIX
+from dtrl.io import checked, read_json, read_jsonl, read_yaml
 
-METRICS_FILE = "metrics.jsonl"
-CALIBRATION_FILE = "calibration.json"
 CURVES_PNG = "learning_curves.png"
 CALIBRATION_PNG = "calibration.png"
 _SEED_KEYS = ("seed", "out_dir")
@@ -56,7 +55,7 @@ def group_runs(runs: list[Path]) -> dict[str, list[Path]]:
     """Runs with equal configs apart from the seed, labelled by their common name."""
     groups: dict[str, list[Path]] = {}
     for run in runs:
-        config_file = run / "config.yaml"
+        config_file = run / RUN_CONFIG_FILE
         config = read_yaml(config_file, RUN_CONFIG_FIX) if config_file.exists() else {"run": str(run)}
         key = json.dumps({k: v for k, v in config.items() if k not in _SEED_KEYS}, sort_keys=True, default=str)
         groups.setdefault(key, []).append(run)

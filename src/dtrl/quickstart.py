@@ -10,7 +10,6 @@ beats random and whether the achieved return follows the target.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
@@ -23,13 +22,16 @@ from rich.table import Table
 from rich.text import Text
 
 from dtrl.calibrate import calibration_report, write_calibration
-from dtrl.checkpoint import RUN_CONFIG_FILE, latest_checkpoint
+from dtrl.runfiles import RUN_CONFIG_FILE
+from dtrl.checkpoint import latest_checkpoint
 from dtrl.config import load_config
-from dtrl.data.episodes import atomic_write
+from dtrl.io import write_json
 from dtrl.errors import DtrlError
 from dtrl.evaluate import EvalResult, evaluate_random
-from dtrl.plot import CALIBRATION_FILE, plot_runs
-from dtrl.runfiles import RUN_CONFIG_FIX, read_yaml
+from dtrl.runfiles import CALIBRATION_FILE
+from dtrl.plot import plot_runs
+from dtrl.runfiles import RUN_CONFIG_FIX
+from dtrl.io import read_yaml
 from dtrl.train import QUICKSTART_DATASET, TrainResult, open_dataset
 
 CONFIG = Path(str(files("dtrl") / "configs" / "quickstart.yaml"))
@@ -184,6 +186,5 @@ def run(
         "follows_target": verdict.follows,
         "verdict": verdict.reason,
     }
-    text = json.dumps(summary, indent=2).encode()
-    atomic_write(run_dir / "quickstart.json", lambda f: f.write(text))
+    write_json(run_dir / "quickstart.json", summary)
     return summary

@@ -10,14 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from dtrl.checkpoint import CHECKPOINT_DIR, latest_checkpoint
+from dtrl.checkpoint import latest_checkpoint
 from dtrl.config import TrainConfig, read_saved_config
-from dtrl.runfiles import checked, read_json
-from dtrl.train import RUN_CONFIG_FILE
-
-EVAL_FILE = "eval.json"
-EXPORTED_CONFIG_FILE = "train_config.yaml"
-"""The run's config.yaml, as copied beside an exported policy by ``dtrl export``."""
+from dtrl.io import checked, read_json
+from dtrl.runfiles import CHECKPOINT_DIR, EVAL_FILE, EXPORTED_CONFIG_FILE, RUN_CONFIG_FILE
 
 
 def run_dir_of(path: str | Path) -> Path | None:

@@ -53,15 +53,8 @@ from torch.func import functional_call, stack_module_state, vmap
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from dtrl import distributed
-from dtrl.checkpoint import (
-    CHECKPOINT_DIR,
-    CONFIG_FILE,
-    TRAIN_STATE_FILE,
-    WEIGHTS_FILE,
-    load_policy_files,
-    load_train_state,
-    save_checkpoint,
-)
+from dtrl.runfiles import CHECKPOINT_DIR, CONFIG_FILE, TRAIN_STATE_FILE, WEIGHTS_FILE
+from dtrl.checkpoint import load_policy_files, load_train_state, save_checkpoint
 from dtrl.config import TrainConfig, to_dict
 from dtrl.data.sampler import Batch, SegmentSampler
 from dtrl.distributed import Dist

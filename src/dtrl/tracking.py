@@ -8,7 +8,6 @@ git commit behind a run, so a result can be traced to the code that made it.
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import sys
@@ -17,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from dtrl import __version__
-from dtrl.data.episodes import atomic_write
+from dtrl.io import write_json
 from dtrl.errors import DtrlError
+from dtrl.runfiles import RUN_INFO_FILE
 
-RUN_INFO_FILE = "run_info.json"
 _PACKAGES = ("torch", "numpy", "gymnasium", "mujoco", "minari", "safetensors")
 
 
@@ -81,5 +80,4 @@ def run_info() -> dict[str, Any]:
 
 def write_run_info(run_dir: Path) -> None:
     """Write ``run_info.json``: what (re)started the run most recently."""
-    text = json.dumps(run_info(), indent=2).encode()
-    atomic_write(run_dir / RUN_INFO_FILE, lambda f: f.write(text))
+    write_json(run_dir / RUN_INFO_FILE, run_info())

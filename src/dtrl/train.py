@@ -26,12 +26,8 @@ import torch.nn.functional as F
 import yaml
 
 from dtrl import distributed
+from dtrl.runfiles import CHECKPOINT_DIR, CONFIG_FILE, EVAL_FILE, METRICS_FILE, RUN_CONFIG_FILE, TRAIN_STATE_FILE
 from dtrl.checkpoint import (
-    CHECKPOINT_DIR,
-    CONFIG_FILE,
-    METRICS_FILE,
-    RUN_CONFIG_FILE,
-    TRAIN_STATE_FILE,
     PolicySpec,
     latest_checkpoint,
     load_policy_files,
@@ -41,7 +37,8 @@ from dtrl.checkpoint import (
     save_checkpoint,
 )
 from dtrl.config import ModelConfig, TrainConfig, read_saved_config, resumed_config, to_dict
-from dtrl.data.episodes import EpisodeDataset, append_line, atomic_write, space_to_dict
+from dtrl.data.episodes import EpisodeDataset, space_to_dict
+from dtrl.io import append_line, atomic_write, write_json
 from dtrl.data.readers import load_dataset
 from dtrl.data.sampler import Batch, Normalizer, SegmentSampler
 from dtrl.distributed import Dist
@@ -455,8 +452,7 @@ def evaluate_and_log(
 
 def write_eval_report(run_dir: Path, results: list[EvalResult]) -> None:
     """The final evaluation, ``eval.json``."""
-    report = json.dumps([r.to_dict() for r in results], indent=2).encode()
-    atomic_write(run_dir / "eval.json", lambda f: f.write(report))
+    write_json(run_dir / EVAL_FILE, [r.to_dict() for r in results])
 
 
 def prepare_run(config: TrainConfig, resume: bool, overrides: dict[str, Any] | None = None) -> TrainConfig:

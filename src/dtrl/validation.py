@@ -21,7 +21,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dtrl.data.episodes import EpisodeDataset, atomic_write
+from dtrl.data.episodes import EpisodeDataset
+from dtrl.io import write_json
 from dtrl.data.sampler import Normalizer, SegmentSampler
 from dtrl.envs import check_fits
 from dtrl.errors import DtrlError
@@ -62,7 +63,7 @@ def validation_split(run_dir: Path, num_episodes: int, fraction: float, seed: in
         return episodes
     episodes = split_episodes(num_episodes, fraction, seed)
     record = {"val_fraction": fraction, "seed": seed, "num_episodes": num_episodes, "episodes": episodes.tolist()}
-    atomic_write(path, lambda f: f.write(json.dumps(record).encode()))
+    write_json(path, record, indent=None)
     return episodes
 
 

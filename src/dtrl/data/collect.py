@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import platform
 import time
 from dataclasses import dataclass
@@ -38,7 +37,8 @@ import gymnasium as gym
 import numpy as np
 
 from dtrl.errors import DtrlError
-from dtrl.data.episodes import NATIVE_SUFFIX, Episode, EpisodeDataset, atomic_write
+from dtrl.data.episodes import NATIVE_SUFFIX, Episode, EpisodeDataset
+from dtrl.io import atomic_save, atomic_write, write_json
 
 PolicyFn = Callable[[np.ndarray], Any]
 #: Maps a batch of observations (B, *obs_shape) to a batch of actions.
@@ -776,13 +776,6 @@ def _replay_callback(venv: Any) -> Any:
     return ReplayCapture()
 
 
-def _atomic_save(path: Path, save: Callable[[str], None]) -> None:
-    """Run ``save(tmp_path)`` (SB3 writes by path), then rename into place: a crash leaves no torn file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    save(str(tmp))
-    os.replace(tmp, path)
-
-
 def _snapshot_steps(agent_dir: Path) -> list[int]:
     """Timesteps of the finished snapshots in ``agent_dir`` (the policy zip is written last, so it marks one)."""
     return sorted(int(p.stem.split("_")[1]) for p in agent_dir.glob("snap_*.zip"))
@@ -848,8 +841,8 @@ def train_protocol_agent(
             replay.dataset(name=f"replay-{target}").save(replay_path)
         else:  # no episode ended in this chunk: an empty marker keeps the chunk list complete
             atomic_write(replay_path, lambda f: np.savez(f, empty=np.zeros(0)))
-        _atomic_save(agent_dir / f"snap_{target}_vecnormalize.pkl", venv.save)
-        _atomic_save(agent_dir / f"snap_{target}.zip", model.save)
+        atomic_save(agent_dir / f"snap_{target}_vecnormalize.pkl", venv.save)
+        atomic_save(agent_dir / f"snap_{target}.zip", model.save)
         rets = [ep["r"] for ep in model.ep_info_buffer or []]
         if progress:
             progress("train agent", model.num_timesteps, targets[-1])
@@ -904,11 +897,6 @@ def _json(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def _write_json(path: Path, value: dict[str, Any]) -> None:
-    text = json.dumps(value, indent=1).encode()
-    atomic_write(path, lambda f: f.write(text))
-
-
 def _check_cached(paths: Iterable[Path], settings: dict[str, Any]) -> None:
     """A cached dataset made with other protocol settings is an error, never silently mixed with new ones."""
     for path in paths:
@@ -949,7 +937,7 @@ class _AgentRecorder:
     def add_time(self, stage: str, since: float) -> None:
         """Add the wall time since ``since`` to ``stage`` in the agent's timings.json."""
         self.timings[stage] = round(self.timings.get(stage, 0.0) + time.perf_counter() - since, 1)
-        _write_json(self.agent_dir / "timings.json", self.timings)
+        write_json(self.agent_dir / "timings.json", self.timings, indent=1)
 
 
 def _reference_scores(
@@ -967,7 +955,7 @@ def _reference_scores(
         "random": {"policy": "uniform random", "episodes": len(rand), **_stats(rand)},
         "expert": {"policy": f"final agent ({expert_steps} steps), sampled actions", "episodes": len(exp), **_stats(exp)},
     }
-    _write_json(agent.agent_dir / "ref_scores.json", refs)
+    write_json(agent.agent_dir / "ref_scores.json", refs, indent=1)
     agent.add_time("reference_scores", t0)
     return refs
 
@@ -984,7 +972,7 @@ def _medium_snapshot(
         if t not in evals:
             policy = load_snapshot(agent.agent_dir, t).batch_policy(seed=seed)
             evals[t] = float(agent.returns(policy, "evaluate snapshots", seed, episodes).mean())
-            _write_json(path, {str(k): v for k, v in sorted(evals.items())})
+            write_json(path, {str(k): v for k, v in sorted(evals.items())}, indent=1)
         if progress:
             progress("evaluate snapshots", steps.index(t) + 1, len(steps))
         if evals[t] >= 2 / 3 * expert_return:

@@ -13,7 +13,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from dtrl.data.collect import Progress, _import_sb3, _json, _versions, _write_json
+from dtrl.data.collect import Progress, _import_sb3, _json, _versions
+from dtrl.io import write_json
 from dtrl.data.episodes import NATIVE_SUFFIX
 from dtrl.errors import DtrlError
 
@@ -152,7 +153,7 @@ def collect_atari(
             "return_last_100": float(returns[-100:].mean()) if len(returns) else None,
             "return_max": float(returns.max()) if len(returns) else None,
         }
-        _write_json(summary_path, summary)
+        write_json(summary_path, summary, indent=1)
     if not checkpoint_numbers(replay_dir):
         raise DtrlError(f"the agent finished no episode in {agent_steps} steps: raise --agent-steps")
     t1 = time.perf_counter()

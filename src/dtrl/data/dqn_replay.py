@@ -33,7 +33,8 @@ import gymnasium as gym
 import numpy as np
 
 from dtrl import atari
-from dtrl.data.episodes import EpisodeDataset, atomic_write
+from dtrl.data.episodes import EpisodeDataset
+from dtrl.io import atomic_write
 from dtrl.errors import DtrlError
 
 STORE_PREFIX = "$store$_"

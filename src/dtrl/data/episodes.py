@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +22,8 @@ from typing import Any, Iterator, Sequence
 import gymnasium as gym
 import numpy as np
 
-from dtrl.errors import DtrlError, write_error
+from dtrl.errors import DtrlError
+from dtrl.io import atomic_write
 
 NATIVE_FORMAT_VERSION = 1
 NATIVE_SUFFIX = ".npz"
@@ -467,53 +467,3 @@ def returns_to_go(rewards: np.ndarray, episode_starts: np.ndarray) -> np.ndarray
     for a, b in zip(episode_starts[:-1], episode_starts[1:]):
         out[a:b] = np.cumsum(rewards[a:b][::-1], dtype=np.float64)[::-1]
     return out
-
-
-UMASK = os.umask(0o022)
-os.umask(UMASK)
-
-
-def atomic_write(path: Path, write: Any) -> None:
-    """Call ``write(fileobj)`` on a temp file beside ``path``, fsync, then rename.
-
-    A reader never sees a half-written file: either the old one or the new one.
-    A full disk or an unwritable place is a one-line :class:`DtrlError`.
-    """
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as e:
-        raise write_error(path, e) or e from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~UMASK)  # mkstemp creates 0600; give the file the usual permissions
-        os.replace(tmp, path)
-    except BaseException as e:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        if isinstance(e, OSError) and (error := write_error(path, e)) is not None:
-            raise error from None
-        raise
-
-
-def append_line(path: Path, line: str) -> None:
-    """Append one line to a log whole or not at all: a write cut short (disk full) is truncated away."""
-    data = (line.rstrip("\n") + "\n").encode()
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    except OSError as e:
-        raise write_error(path, e) or e from None
-    try:
-        end = os.lseek(fd, 0, os.SEEK_END)
-        try:
-            done = 0
-            while done < len(data):
-                done += os.write(fd, data[done:])
-        except OSError as e:
-            os.ftruncate(fd, end)
-            raise write_error(path, e) or e from None
-    finally:
-        os.close(fd)

@@ -32,6 +32,7 @@ import numpy as np
 
 from dtrl.data.episodes import Episode, EpisodeDataset, described_by, space_to_dict
 from dtrl.errors import DtrlError
+from dtrl.io import fsync_dir
 
 STORE_FORMAT = "dtrl-store"
 STORE_VERSION = 1
@@ -204,12 +205,12 @@ class StoreWriter:
         with open(self._tmp / METADATA_FILE, "w") as f:
             f.write(json.dumps(meta, indent=2))
             os.fsync(f.fileno())
-        _fsync(self._tmp)
+        fsync_dir(self._tmp)
         if self.path.exists():
             self.abort()
             raise DtrlError(f"{self.path} appeared while the store was written: delete it or choose another path")
         os.rename(self._tmp, self.path)
-        _fsync(self.path.parent)
+        fsync_dir(self.path.parent)
         return self.path
 
     def abort(self) -> None:
@@ -229,13 +230,6 @@ class StoreWriter:
         else:
             self.abort()
 
-
-def _fsync(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def write_store(dataset: EpisodeDataset, path: str | os.PathLike) -> Path:

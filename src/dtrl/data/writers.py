@@ -11,7 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from dtrl.data.episodes import EpisodeDataset, atomic_write
+from dtrl.data.episodes import EpisodeDataset
+from dtrl.io import atomic_write
 from dtrl.errors import DtrlError
 
 
