@@ -28,9 +28,9 @@ import numpy as np
 import torch
 from common import environment, save
 
-from dtrl import atari
+from dtrl.envs import atari
 from dtrl.config import load_config
-from dtrl.data.collect_atari import collect_atari
+from dtrl.collect.atari import collect_atari
 from dtrl.data.episodes import EpisodeDataset
 from dtrl.evaluate import evaluate, evaluate_random
 from dtrl.policy import DecisionTransformerPolicy

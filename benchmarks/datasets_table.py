@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from dtrl.data.cache import dataset_path, default_cache_dir
-from dtrl.data.collect import D4RL_KINDS
+from dtrl.collect.d4rl import D4RL_KINDS
 from dtrl.data.episodes import EpisodeDataset
-from dtrl.envs import normalized_score
+from dtrl.envs.scores import normalized_score
 
 ENVS = ("hopper", "halfcheetah", "walker2d")
 

@@ -38,7 +38,7 @@ from dtrl.data.episodes import EpisodeDataset
 from dtrl.io import atomic_write
 from dtrl.errors import DtrlError
 from dtrl.evaluate import EvalResult, evaluate, evaluate_random, rollout
-from dtrl.key_to_door import ENV_ID, MOVES, KeyToDoorEnv
+from dtrl.envs.key_to_door import ENV_ID, MOVES, KeyToDoorEnv
 from dtrl.policy import DecisionTransformerPolicy
 from dtrl.train import open_dataset, train
 

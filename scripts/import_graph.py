@@ -22,7 +22,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("models", ("dtrl.models", "dtrl.models.")),
     ("runs", ("dtrl.checkpoint", "dtrl.hf", "dtrl.tracking", "dtrl.outputs", "dtrl.runs")),
     ("collect", ("dtrl.collect", "dtrl.collect.")),
-    ("policy", ("dtrl.policy", "dtrl.validation", "dtrl.evaluate", "dtrl.video", "dtrl.calibrate")),
+    ("policy", ("dtrl.policy", "dtrl.validation", "dtrl.evaluate", "dtrl.calibrate")),
     ("train", ("dtrl.train", "dtrl.train.")),
     ("products", ("dtrl.export", "dtrl.plot")),
     ("cli", ("dtrl.cli", "dtrl.cli.", "dtrl.__main__")),

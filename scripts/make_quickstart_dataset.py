@@ -14,7 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from dtrl.data.collect import make_quickstart_dataset
+from dtrl.collect.quickstart import make_quickstart_dataset
 from dtrl.errors import DtrlError
 
 DEFAULT_OUT = Path(__file__).resolve().parent.parent / "src" / "dtrl" / "assets" / "quickstart.npz"

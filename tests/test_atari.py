@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from dtrl import atari
+from dtrl.envs import atari
+from dtrl.envs.scores import env_family
 from dtrl.config import ModelConfig
 from dtrl.data.dqn_replay import checkpoint_numbers, read_checkpoint, read_dqn_replay, write_checkpoint
 from dtrl.data.episodes import EpisodeDataset
@@ -217,7 +218,7 @@ def test_reader_rejects_corrupt_truncated_and_inconsistent_files(tmp_path):
 def test_gamer_normalised_score_and_unknown_games():
     assert atari.gamer_normalized(1.7, "ALE/Breakout-v5") == pytest.approx(0.0)
     assert atari.gamer_normalized(14.6, "ALE/Pong-v5") == pytest.approx(100.0)
-    assert atari.game_of("ALE/Qbert-v5") == "qbert" and atari.is_atari("ALE/Seaquest-v5") and not atari.is_atari("Hopper-v5")
+    assert env_family("ALE/Qbert-v5") == "qbert" and atari.is_atari("ALE/Seaquest-v5") and not atari.is_atari("Hopper-v5")
     with pytest.raises(DtrlError, match="no published gamer score"):
         atari.gamer_reference("ALE/Tetris-v5")
 
@@ -258,7 +259,7 @@ def test_tiny_pixel_run_trains_and_evaluates_in_parallel(tmp_path):
 
 @needs_ale
 def test_collect_records_every_training_transition_as_dqn_replay(tmp_path):
-    from dtrl.data.collect_atari import collect_atari
+    from dtrl.collect.atari import collect_atari
 
     path = collect_atari(
         "ALE/Breakout-v5", transitions=150, agent_steps=512, cache_dir=tmp_path, n_envs=2, checkpoints=2,

@@ -6,12 +6,9 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-from dtrl.data.collect import (
-    QUICKSTART_PATH,
-    random_policy,
-    record_episodes,
-    train_behaviour_agent,
-)
+from dtrl.collect.quickstart import QUICKSTART_PATH
+from dtrl.collect.recorder import random_policy, record_episodes
+from dtrl.collect.agents import train_behaviour_agent
 from dtrl.data.episodes import EpisodeDataset
 from dtrl.errors import DtrlError
 

@@ -22,7 +22,7 @@ import pytest
 
 pytest.importorskip("stable_baselines3")
 
-from dtrl.data.collect import D4RL_KINDS, collect_d4rl  # noqa: E402
+from dtrl.collect.d4rl import D4RL_KINDS, collect_d4rl  # noqa: E402
 from dtrl.data.episodes import EpisodeDataset  # noqa: E402
 
 ENV = "InvertedPendulum-v5"
@@ -31,7 +31,7 @@ SCRIPT = f"""
 import sys, torch
 torch.set_num_threads(1)
 from pathlib import Path
-from dtrl.data.collect import collect_d4rl
+from dtrl.collect.d4rl import collect_d4rl
 collect_d4rl({ENV!r}, cache_dir=Path(sys.argv[1]), seed=0, log=lambda s: print(s, flush=True), **{SETTINGS!r})
 """
 

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 
 import dtrl  # noqa: F401  (registers dtrl/KeyToDoor-v0)
-from dtrl.data.collect import collect_random
+from dtrl.collect.d4rl import collect_random
 from dtrl.data.episodes import EpisodeDataset
 from dtrl.envs import success_return
 from dtrl.errors import DtrlError
 from dtrl.evaluate import evaluate_random
-from dtrl.key_to_door import ENV_ID, MOVES, KeyToDoorEnv
+from dtrl.envs.key_to_door import ENV_ID, MOVES, KeyToDoorEnv
 
 SIZE = KeyToDoorEnv().size
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from dtrl import key_to_door
+from dtrl.envs import key_to_door
 
 __version__ = "0.1.0"
 __all__ = ["load", "__version__"]

@@ -256,7 +256,7 @@ def eval_(
     if not targets:
         raise DtrlError("give at least one --target-return R (the return the policy should achieve)")
     if video:
-        from dtrl.video import require_moviepy
+        from dtrl.envs.video import require_moviepy
 
         require_moviepy()
     with eval_progress(env_id, episodes * len(targets)) as on_step:
@@ -265,7 +265,7 @@ def eval_(
     if output:
         write_json(output, [r.to_dict() for r in results])
     if video:
-        from dtrl.video import record_videos
+        from dtrl.evaluate import record_videos
 
         for path in record_videos(policy, env_id, targets, video, seed):
             console.print(f"video: {path}", soft_wrap=True, highlight=False)

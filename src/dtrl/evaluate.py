@@ -3,18 +3,22 @@
 Every (target return, episode) pair is one environment of a single vector env,
 so one batched model call per step serves every target. Episode ``i`` of every
 target uses seed ``seed + i``: targets are compared on the same start states.
+:func:`record_videos` replays episode 0 of each target (the same start state) into an MP4.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Sequence
 
 import gymnasium as gym
 import numpy as np
 
 from dtrl.data.episodes import PER_STEP_ARRAYS, Episode
-from dtrl.envs import check_env_id, make_vector_env, normalized_score, reference_scores, success_return
+from dtrl.envs import check_env_id, make_env, make_vector_env, reference_scores, success_return
+from dtrl.envs.scores import normalized_score
+from dtrl.envs.video import make_render_env, require_moviepy
 from dtrl.policy import DecisionTransformerPolicy
 
 
@@ -162,10 +166,38 @@ def evaluate_random(
 ) -> EvalResult:
     """The uniformly random policy on the same seeds: the floor every method must beat."""
     check_env_id(env_id)
-    with gym.make(env_id) as env:
+    with make_env(env_id) as env:
         actions = gym.vector.utils.batch_space(env.action_space, episodes)
     actions.seed(seed)
     returns, lengths = rollout(
         env_id, seed + np.arange(episodes), lambda obs, reward: actions.sample(), max_episode_steps=max_episode_steps
     )
     return EvalResult(None, returns, lengths, reference_scores(env_id, ref_scores), success_return(env_id))
+
+
+def record_videos(
+    policy: DecisionTransformerPolicy, env_id: str, targets: Sequence[float], out_dir: Path, seed: int = 0
+) -> list[Path]:
+    """Record one episode per target into ``out_dir/target_<R>-episode-0.mp4``."""
+    require_moviepy()
+    from gymnasium.wrappers import RecordVideo
+
+    out_dir = Path(out_dir)
+    env = make_render_env(env_id)
+    policy.check_env(env, env_id)
+    written = []
+    try:
+        for target in targets:
+            prefix = f"target_{target:g}"
+            recorder = RecordVideo(env, str(out_dir), name_prefix=prefix, episode_trigger=lambda _: True, disable_logger=True)
+            obs, _ = recorder.reset(seed=seed)
+            policy.reset(target)
+            reward, done = 0.0, False
+            while not done:
+                obs, reward, terminated, truncated, _ = recorder.step(policy.act(obs, reward))
+                done = terminated or truncated
+            recorder.stop_recording()
+            written.append(out_dir / f"{prefix}-episode-0.mp4")
+    finally:
+        env.close()
+    return written

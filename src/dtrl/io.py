@@ -156,3 +156,9 @@ def read_jsonl(path: Path, fix: str) -> list[dict[str, Any]]:
             raise DtrlError(f"{path} line {n} is not a metrics row with a numeric step: the file is corrupt; delete that line")
         rows.append(row)
     return rows
+
+
+def read_state(path: Path) -> dict[str, Any]:
+    """A JSON state file dtrl keeps for itself (a collector's timings, its evaluations so far); ``{}``
+    before the first write."""
+    return json.loads(path.read_text()) if path.is_file() else {}

@@ -13,7 +13,7 @@ import platform
 import sys
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from dtrl import __version__
 from dtrl.io import write_json
@@ -60,20 +60,25 @@ def git_commit(start: Path) -> str | None:
     return None
 
 
+def package_versions(names: Iterable[str], missing: str | None = "not installed") -> dict[str, str | None]:
+    """The installed version of each package, ``missing`` for those not installed."""
+    found: dict[str, str | None] = {}
+    for name in names:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = missing
+    return found
+
+
 def run_info() -> dict[str, Any]:
     """Versions of dtrl, Python and the libraries that shape results, and dtrl's git commit."""
-    packages = {}
-    for name in _PACKAGES:
-        try:
-            packages[name] = version(name)
-        except PackageNotFoundError:
-            packages[name] = None
     return {
         "dtrl": __version__,
         "git_commit": git_commit(Path(__file__).resolve().parent),
         "python": sys.version.split()[0],
         "platform": platform.platform(),
-        "packages": packages,
+        "packages": package_versions(_PACKAGES, missing=None),
         "command": sys.argv,
     }
 

@@ -21,7 +21,7 @@ EXPORT_FORMATS = ("d4rl", "minari", "npz")
 
 def info_rows(dataset: Any) -> list[tuple[str, str]]:
     """What ``dtrl data info`` prints: the summary, reference scores and, for collected datasets, provenance."""
-    from dtrl.envs import normalized_score
+    from dtrl.envs.scores import normalized_score
 
     rows = [(k, f"{v:.2f}" if isinstance(v, float) else str(v)) for k, v in dataset.summary().items()]
     ref = dataset.ref_scores
@@ -76,9 +76,10 @@ def collect(
 
     from dtrl.cli import console, progress_bar
     from dtrl.data.cache import default_cache_dir
-    from dtrl.atari import game_of, is_atari
-    from dtrl.data.collect import collect_d4rl, collect_random
-    from dtrl.data.collect_atari import collect_atari
+    from dtrl.envs.atari import is_atari
+    from dtrl.envs.scores import env_family
+    from dtrl.collect.d4rl import collect_d4rl, collect_random
+    from dtrl.collect.atari import collect_atari
 
     root = cache_dir or default_cache_dir()
     if episodes is not None:
@@ -105,7 +106,7 @@ def collect(
 
         if is_atari(env_id):
             paths = {
-                f"{game_of(env_id)}-replay": collect_atari(
+                f"{env_family(env_id)}-replay": collect_atari(
                     env_id,
                     transitions=transitions or 500_000,
                     seed=seed,

@@ -32,7 +32,8 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from dtrl import atari
+from dtrl.envs import atari
+from dtrl.envs.scores import env_family
 from dtrl.data.episodes import EpisodeDataset
 from dtrl.io import atomic_write
 from dtrl.errors import DtrlError
@@ -210,7 +211,7 @@ def _dataset(
     lengths = np.array([len(p["action"]) for p in pieces], dtype=np.int64)
     ends = np.zeros(len(frames), dtype=bool)
     ends[np.cumsum(lengths) - 1] = True
-    game = atari.game_of(env_id) if env_id else None
+    game = env_family(env_id) if env_id else None
     n_actions = atari.NUM_ACTIONS.get(game or "", int(actions.max()) + 1)
     return EpisodeDataset.from_arrays(
         observations=frames,

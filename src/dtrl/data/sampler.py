@@ -28,7 +28,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from dtrl.atari import stack_frames
+from dtrl.envs.atari import stack_frames
 from dtrl.data.episodes import EpisodeDataset, returns_to_go
 from dtrl.errors import DtrlError
 

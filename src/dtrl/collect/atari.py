@@ -13,7 +13,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-from dtrl.data.collect import Progress, _import_sb3, _json, _versions
+from dtrl.collect.agents import import_sb3
+from dtrl.collect.recorder import Progress, versions
+from dtrl.io import read_state
 from dtrl.io import write_json
 from dtrl.data.episodes import NATIVE_SUFFIX
 from dtrl.errors import DtrlError
@@ -95,12 +97,13 @@ def collect_atari(
     """
     import torch
 
-    from dtrl import atari
+    from dtrl.envs import atari, make_env
+    from dtrl.envs.scores import env_family
     from dtrl.data.dqn_replay import checkpoint_numbers, read_dqn_replay, write_checkpoint
 
     if min(transitions, agent_steps, checkpoints, n_envs) < 1:
         raise DtrlError("transitions, agent steps, checkpoints and envs must be positive")
-    game = atari.game_of(env_id)
+    game = env_family(env_id)
     atari.gamer_reference(env_id)  # an unknown game fails here, before any training
     if num_threads is not None:
         torch.set_num_threads(num_threads)
@@ -112,17 +115,17 @@ def collect_atari(
     agent_dir = cache_dir / "agents" / f"{env_id.replace('/', '_')}-ppo-seed{seed}-{agent_steps}"
     replay_dir = agent_dir / "replay_logs"
     summary_path = agent_dir / "summary.json"
-    summary = _json(summary_path)
+    summary = read_state(summary_path)
     if summary and summary["hyperparams"] != params:
         raise DtrlError(f"{agent_dir} holds an agent trained with other hyperparameters: delete it or pass another --cache-dir")
     if not summary:
-        _import_sb3()
+        import_sb3()
         from stable_baselines3 import PPO
         from stable_baselines3.common.vec_env import DummyVecEnv
 
         for stale in replay_dir.glob("*_ckpt.*.gz"):  # an interrupted recording's, which this one may not overwrite
             stale.unlink()
-        venv = DummyVecEnv([lambda: atari.make_env(env_id, clip_reward=True) for _ in range(n_envs)])
+        venv = DummyVecEnv([lambda: make_env(env_id, clip_reward=True) for _ in range(n_envs)])
         model = PPO("CnnPolicy", venv, seed=seed, device="cpu", verbose=0, **params)  # seeds the envs too
         written = [0]
 
@@ -160,7 +163,7 @@ def collect_atari(
     dataset = read_dqn_replay(replay_dir, transitions, buffer_capacity=None, seed=seed, env_id=env_id,
                               name=f"{game}-replay")
     dataset.metadata.update({
-        "made_by": "dtrl.data.collect_atari.collect_atari",
+        "made_by": "dtrl.collect.atari.collect_atari",
         "command": command,
         "kind": "replay",
         "algorithm": {"name": "PPO", "library": "stable-baselines3", "policy": "CnnPolicy",
@@ -168,7 +171,7 @@ def collect_atari(
         "agent_dir": str(agent_dir),
         "agent": summary,
         "subset_wall_time_s": round(time.perf_counter() - t1, 1),
-        "versions": {**_versions(), "ale-py": _version_of("ale-py")},
+        "versions": versions("ale-py"),
         "platform": platform.platform(),
         "num_threads": num_threads,
     })
@@ -178,12 +181,3 @@ def collect_atari(
     say(f"{game}-replay: {s['episodes']} episodes, {s['transitions']} transitions, "
         f"return mean {s['return_mean']:.1f} max {s['return_max']:.1f} -> {path}")
     return path
-
-
-def _version_of(package: str) -> str:
-    import importlib.metadata as md
-
-    try:
-        return md.version(package)
-    except md.PackageNotFoundError:
-        return "not installed"

@@ -113,4 +113,4 @@ class KeyToDoorEnv(gym.Env[np.ndarray, np.int64]):
 def register() -> None:
     """Register ``dtrl/KeyToDoor-v0`` with gymnasium (idempotent)."""
     if ENV_ID not in gym.registry:
-        gym.register(id=ENV_ID, entry_point="dtrl.key_to_door:KeyToDoorEnv")
+        gym.register(id=ENV_ID, entry_point="dtrl.envs.key_to_door:KeyToDoorEnv")

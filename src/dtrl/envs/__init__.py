@@ -1,4 +1,4 @@
-"""Gymnasium environments: creation with clear errors, fit checks, reference scores."""
+"""Gymnasium environments: the one place an env is made (with one-line errors), fit checks, reference scores."""
 
 from __future__ import annotations
 
@@ -9,19 +9,10 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from dtrl import atari
-from dtrl.atari import is_atari
+from dtrl.envs import atari
+from dtrl.envs.atari import is_atari
+from dtrl.envs.scores import D4RL_REF_SCORES, env_family
 from dtrl.errors import DtrlError
-
-# D4RL's reference returns (random, expert) for its gym locomotion tasks, from
-# d4rl/infos.py. They were measured on the mujoco-py -v2 envs; on gymnasium's
-# -v5 envs the normalised score is indicative, not identical.
-D4RL_REF_SCORES: dict[str, tuple[float, float]] = {
-    "hopper": (-20.272305, 3234.3),
-    "halfcheetah": (-280.178953, 12135.0),
-    "walker2d": (1.629008, 4592.3),
-}
-
 
 # MuJoCo warnings that gymnasium's own model files trigger on every env creation (HalfCheetah's XML
 # sets `settotalmass`, deprecated since MuJoCo 3.3): one line per parallel env, nothing a user can fix.
@@ -58,9 +49,26 @@ def check_env_id(env_id: str) -> None:
         quiet_mujoco_warnings()
 
 
+def make_env(env_id: str, max_episode_steps: int | None = None, **kwargs: Any) -> gym.Env:
+    """One env, made the one way dtrl makes envs: ``gym.make`` (or :func:`dtrl.envs.atari.make_env`
+    for ALE games, with DQN-replay's wrappers) and a one-line :class:`DtrlError` for an unknown or
+    unusable env id."""
+    if is_atari(env_id):
+        return atari.make_env(env_id, max_episode_steps, **kwargs)
+    try:
+        return gym.make(env_id, max_episode_steps=max_episode_steps, **kwargs)
+    except gym.error.Error as e:
+        raise DtrlError(f"cannot make environment {env_id!r}: {e}") from None
+    except ImportError as e:
+        raise DtrlError(
+            f"environment {env_id!r} needs a package that is not installed ({e}); "
+            "for MuJoCo envs: pip install 'gymnasium[mujoco]'"
+        ) from None
+
+
 def make_vector_env(env_id: str, num_envs: int, max_episode_steps: int | None = None) -> gym.vector.VectorEnv:
     """Synchronous vector env: one process, one batched model call per step; ``max_episode_steps``
-    caps episodes. Atari games get DQN-replay's wrappers (:func:`dtrl.atari.make_env`)."""
+    caps episodes. Atari games get DQN-replay's wrappers (:func:`dtrl.envs.atari.make_env`)."""
     if is_atari(env_id):
         return atari.make_vector_env(env_id, num_envs, max_episode_steps)
     check_env_id(env_id)
@@ -101,9 +109,9 @@ def reference_scores(env_id: str | None, known: dict[str, float] | None = None) 
     published random / gamer scores for Atari games (the gamer-normalised score)."""
     if known and "random" in known and "expert" in known:
         return {"random": float(known["random"]), "expert": float(known["expert"])}
-    if is_atari(env_id) and atari.game_of(str(env_id)) in atari.GAMER_REF_SCORES:
+    if is_atari(env_id) and env_family(str(env_id)) in atari.GAMER_REF_SCORES:
         return atari.gamer_reference(str(env_id))
-    family = (env_id or "").split("-")[0].split("/")[-1].lower()
+    family = env_family(env_id or "")
     if family in D4RL_REF_SCORES:
         low, high = D4RL_REF_SCORES[family]
         return {"random": low, "expert": high}
@@ -121,8 +129,3 @@ def success_return(env_id: str | None) -> float | None:
         return None
     value = getattr(creator, "metadata", {}).get("success_return")
     return None if value is None else float(value)
-
-
-def normalized_score(value: float | np.ndarray, ref: dict[str, float]) -> float | np.ndarray:
-    """D4RL normalisation: 100 · (R − random) / (expert − random)."""
-    return 100.0 * (value - ref["random"]) / (ref["expert"] - ref["random"])

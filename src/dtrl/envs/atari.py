@@ -19,6 +19,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
+from dtrl.envs.scores import env_family, normalized_score
 from dtrl.errors import DtrlError
 
 FRAME_STACK = 4
@@ -45,14 +46,9 @@ def is_atari(env_id: str | None) -> bool:
     return bool(env_id) and str(env_id).startswith("ALE/")
 
 
-def game_of(env_id: str) -> str:
-    """``ALE/Breakout-v5`` -> ``breakout``."""
-    return env_id.split("/")[-1].split("-")[0].lower()
-
-
 def gamer_reference(env_id: str) -> dict[str, float]:
     """The published random and gamer scores as dtrl's reference-score pair (``expert`` = gamer)."""
-    game = game_of(env_id)
+    game = env_family(env_id)
     if game not in GAMER_REF_SCORES:
         raise DtrlError(
             f"no published gamer score for {env_id!r}: dtrl knows {', '.join(sorted(GAMER_REF_SCORES))}"
@@ -63,8 +59,7 @@ def gamer_reference(env_id: str) -> dict[str, float]:
 
 def gamer_normalized(score: float | np.ndarray, env_id: str) -> float | np.ndarray:
     """100 · (score − random) / (gamer − random)."""
-    ref = gamer_reference(env_id)
-    return 100.0 * (score - ref["random"]) / (ref["expert"] - ref["random"])
+    return normalized_score(score, gamer_reference(env_id))
 
 
 class ClipReward(gym.Wrapper):
