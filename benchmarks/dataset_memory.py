@@ -5,7 +5,7 @@
 A synthetic D4RL-sized dataset (float32 observations of 17 and actions of 6
 dimensions, float32 rewards, bool flags; 1M transitions = 98 MB of arrays) is
 written as a D4RL HDF5 file, a native .npz (plain and compressed) and an
-on-disk store. Each format is then loaded by ``dtrl.data.load_dataset`` in a
+on-disk store. Each format is then loaded by ``dtrl.data.open_dataset`` in a
 fresh process, which reports
 
 * tracemalloc: the peak of Python and numpy allocations while loading;
@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import save  # noqa: E402
 
-from dtrl.data import EpisodeDataset, load_dataset  # noqa: E402
+from dtrl.data import EpisodeDataset, open_dataset  # noqa: E402
 from dtrl.data.sampler import SegmentSampler  # noqa: E402
 from dtrl.data.store import write_store  # noqa: E402
 
@@ -64,7 +64,7 @@ def measure(path: Path) -> dict[str, float]:
     """In this (fresh) process: load ``path`` and report its memory figures."""
     base = _reset_peak()
     tracemalloc.start()
-    dataset = load_dataset(path)
+    dataset = open_dataset(path)
     traced = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     rss = _peak() - base
@@ -95,7 +95,7 @@ def make_sources(workdir: Path, n: int) -> dict[str, Path]:
     with h5py.File(sources["d4rl_hdf5"], "w") as f:
         for key, value in arrays.items():
             f[key] = value
-    dataset: EpisodeDataset = load_dataset(sources["d4rl_hdf5"])
+    dataset: EpisodeDataset = open_dataset(sources["d4rl_hdf5"])
     sources["npz"] = dataset.save(workdir / "plain.npz")
     sources["npz_compressed"] = dataset.save(workdir / "packed.npz", compress=True)
     store = workdir / "store"

@@ -37,7 +37,7 @@ from common import save  # noqa: E402
 
 from dtrl.config import ModelConfig  # noqa: E402
 from dtrl.models import DecisionTransformer  # noqa: E402
-from dtrl.train import QUICKSTART_DATASET, open_dataset  # noqa: E402
+from dtrl.data.readers import QUICKSTART_DATASET, open_dataset  # noqa: E402
 
 SEED = 0
 RUNS = {

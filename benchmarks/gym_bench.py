@@ -78,7 +78,8 @@ from dtrl.evaluate import EvalResult, evaluate  # noqa: E402
 from dtrl.finetune import finetune  # noqa: E402
 from dtrl.plot import plot_seeds, save_figure  # noqa: E402
 from dtrl.stacked import train_stacked  # noqa: E402
-from dtrl.train import open_dataset, train  # noqa: E402
+from dtrl.data.readers import open_dataset  # noqa: E402
+from dtrl.train import train  # noqa: E402
 
 METHODS = ("dt", "bc", "pbc", "tbc", "cql", "iql", "dc", "odt")
 DT_FAMILY = ("dt", "bc", "pbc", "tbc", "dc", "odt")

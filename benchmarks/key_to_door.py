@@ -40,7 +40,8 @@ from dtrl.errors import DtrlError
 from dtrl.evaluate import EvalResult, evaluate, evaluate_random, rollout
 from dtrl.envs.key_to_door import ENV_ID, MOVES, KeyToDoorEnv
 from dtrl.policy import DecisionTransformerPolicy
-from dtrl.train import open_dataset, train
+from dtrl.data.readers import open_dataset
+from dtrl.train import train
 
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "key_to_door.yaml"
 METHODS = ("dt", "pbc", "bc", "tbc", "cql", "random")

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from transformers import DecisionTransformerConfig, DecisionTransformerModel
 
-from dtrl.train import open_dataset
+from dtrl.data.readers import open_dataset
 
 
 def tutorial_batch(data, rng: np.random.Generator, mean: np.ndarray, std: np.ndarray, K: int, batch: int = 64):

@@ -22,14 +22,14 @@ from pathlib import Path
 
 import numpy as np
 
-from dtrl.quickstart import first_fall, standard_error
+from dtrl.cli.quickstart import first_fall, standard_error
 
 GOAL_RATIO = 1.5
 
 
 def meets_goal(dt: list[dict]) -> tuple[bool, str]:
     """The goal of issue 18 on one seed's sweep, and why not when it is missed: the quickstart's own
-    rule for a fall (:func:`dtrl.quickstart.first_fall`) plus a rise of ``GOAL_RATIO``."""
+    rule for a fall (:func:`dtrl.cli.quickstart.first_fall`) plus a rise of ``GOAL_RATIO``."""
     means = [r["return_mean"] for r in dt]
     if means[-1] < GOAL_RATIO * means[0]:
         return False, f"highest/lowest {means[-1] / means[0]:.2f} < {GOAL_RATIO}"

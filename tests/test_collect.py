@@ -6,7 +6,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-from dtrl.collect.quickstart import QUICKSTART_PATH
+from dtrl.data.readers import QUICKSTART_PATH
 from dtrl.collect.recorder import random_policy, record_episodes
 from dtrl.collect.agents import train_behaviour_agent
 from dtrl.data.episodes import EpisodeDataset

@@ -22,7 +22,7 @@ from dtrl.data.cache import CACHE_ENV_VAR, default_cache_dir  # noqa: E402
 from dtrl.collect.d4rl import collect_d4rl  # noqa: E402
 from dtrl.collect.recorder import record_vector, uniform_batch_policy  # noqa: E402
 from dtrl.data.episodes import EpisodeDataset  # noqa: E402
-from dtrl.data.readers import load_dataset, read_d4rl, read_minari  # noqa: E402
+from dtrl.data.readers import open_dataset as load_dataset, read_d4rl, read_minari  # noqa: E402
 from dtrl.data.writers import write_d4rl, write_minari  # noqa: E402
 from dtrl.errors import DtrlError  # noqa: E402
 

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from dtrl.data import EpisodeDataset, load_dataset, read_d4rl
+from dtrl.data import EpisodeDataset, open_dataset as load_dataset, read_d4rl
 from dtrl.data.sampler import Normalizer, SegmentSampler
 from dtrl.data.store import open_store, write_store
 

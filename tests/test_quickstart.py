@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from dtrl.cli import app
 from dtrl.errors import DtrlError
 from dtrl.evaluate import EvalResult
-from dtrl.quickstart import RISE_IN_ERRORS, quickstart_targets, standard_error, sweep_chart, sweep_verdict
+from dtrl.cli.quickstart import RISE_IN_ERRORS, quickstart_targets, standard_error, sweep_chart, sweep_verdict
 
 
 def result(target: float, returns: list[float]) -> EvalResult:

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from minari.data_collector import EpisodeBuffer
 
-from dtrl.data import EpisodeDataset, load_dataset, read_d4rl, read_minari
+from dtrl.data import EpisodeDataset, open_dataset as load_dataset, read_d4rl, read_minari
 from dtrl.errors import DtrlError
 
 DOOR = Path(__file__).resolve().parents[2] / "shared" / "data" / "door-human-v0.hdf5"

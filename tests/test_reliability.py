@@ -29,7 +29,7 @@ import dtrl.train as train_module
 from dtrl.runfiles import CHECKPOINT_DIR, LATEST_FILE, TRAIN_STATE_FILE
 from dtrl.checkpoint import latest_checkpoint, load_policy_files
 from dtrl.config import load_config
-from dtrl.data import Episode, EpisodeDataset, load_dataset
+from dtrl.data import Episode, EpisodeDataset, open_dataset as load_dataset
 from dtrl.io import append_line
 from dtrl.data.sampler import SegmentSampler
 from dtrl.errors import DiskError, DtrlError

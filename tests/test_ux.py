@@ -56,7 +56,7 @@ def test_every_command_has_help_with_examples():
 
 def test_eval_progress_shows_in_a_terminal(monkeypatch: pytest.MonkeyPatch):
     screen = io.StringIO()
-    monkeypatch.setattr(cli, "console", Console(file=screen, force_terminal=True, width=120))
+    monkeypatch.setattr(cli.display, "console", Console(file=screen, force_terminal=True, width=120))
     with cli.eval_progress("Pendulum-v1", 4) as on_step:
         for step in range(1, 51):
             on_step(step)

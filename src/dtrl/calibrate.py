@@ -13,17 +13,14 @@ from typing import Any, Callable
 
 import numpy as np
 
-from dtrl.checkpoint import resolve_policy_dir
 from dtrl.data.episodes import EpisodeDataset
 from dtrl.io import write_json
 from dtrl.errors import DtrlError
 from dtrl.evaluate import EvalResult, evaluate
 from dtrl.runfiles import CALIBRATION_FILE
 from dtrl.policy import DecisionTransformerPolicy
-from dtrl.runs import training_config
-from dtrl.train import open_dataset
 
-__all__ = ["CALIBRATION_FILE", "calibrate", "calibration_report", "calibration_targets", "dataset_of", "write_calibration"]
+__all__ = ["CALIBRATION_FILE", "calibrate", "calibration_report", "calibration_targets", "write_calibration"]
 
 
 def calibration_targets(best: float, worst: float, points: int) -> list[float]:
@@ -32,17 +29,6 @@ def calibration_targets(best: float, worst: float, points: int) -> list[float]:
         raise DtrlError(f"--points {points}: a calibration sweep needs at least 2 targets")
     low = 0.0 if best > 0 else worst
     return [float(x) for x in np.linspace(low, best + 0.2 * abs(best), points)]
-
-
-def dataset_of(path: str | Path, dataset: str | None = None) -> EpisodeDataset:
-    """The dataset a policy was trained on: ``dataset`` if given, else the one in its training config."""
-    if not dataset:
-        resolve_policy_dir(path)  # a path without a checkpoint says so, rather than that its config is missing
-        config = training_config(path)
-        dataset = config.dataset if config is not None else None
-    if not dataset:
-        raise DtrlError(f"{path} records no training config, so its dataset is unknown: pass --dataset PATH")
-    return open_dataset(dataset)
 
 
 def calibrate(

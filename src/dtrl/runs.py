@@ -10,7 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from dtrl.checkpoint import latest_checkpoint
+from dtrl.checkpoint import latest_checkpoint, resolve_policy_dir
+from dtrl.data.episodes import EpisodeDataset
+from dtrl.data.readers import open_dataset
+from dtrl.errors import DtrlError
 from dtrl.config import TrainConfig, read_saved_config
 from dtrl.io import checked, read_json
 from dtrl.runfiles import CHECKPOINT_DIR, EVAL_FILE, EXPORTED_CONFIG_FILE, RUN_CONFIG_FILE
@@ -55,3 +58,14 @@ def _eval_rows(data: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Each row with the numbers a model card shows, checked (a KeyError or ValueError names what is wrong)."""
     numbers = ("target_return", "return_mean", "return_std")
     return [{**row, **{k: float(row[k]) for k in numbers}, "episodes": int(row["episodes"])} for row in data]
+
+
+def training_dataset(path: str | Path, dataset: str | None = None) -> EpisodeDataset:
+    """The dataset a policy was trained on: ``dataset`` if given, else the one in its training config."""
+    if not dataset:
+        resolve_policy_dir(path)  # a path without a checkpoint says so, rather than that its config is missing
+        config = training_config(path)
+        dataset = config.dataset if config is not None else None
+    if not dataset:
+        raise DtrlError(f"{path} records no training config, so its dataset is unknown: pass --dataset PATH")
+    return open_dataset(dataset)

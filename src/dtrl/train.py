@@ -15,7 +15,6 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
-from importlib.resources import files
 from pathlib import Path
 from typing import Any, Callable
 
@@ -39,7 +38,7 @@ from dtrl.checkpoint import (
 from dtrl.config import ModelConfig, TrainConfig, read_saved_config, resumed_config, to_dict
 from dtrl.data.episodes import EpisodeDataset, space_to_dict
 from dtrl.io import append_line, atomic_write, write_json
-from dtrl.data.readers import load_dataset
+from dtrl.data.readers import open_dataset
 from dtrl.data.sampler import Batch, Normalizer, SegmentSampler
 from dtrl.distributed import Dist
 from dtrl.envs import check_env_id
@@ -53,17 +52,7 @@ from dtrl.policy import DecisionTransformerPolicy, pick_device
 from dtrl.tracking import start_wandb, write_run_info
 from dtrl.validation import ActionError, hold_out, validation_split
 
-QUICKSTART_DATASET = "quickstart"
 log = logging.getLogger(__name__)
-
-
-def open_dataset(source: str) -> EpisodeDataset:
-    """Load a dataset by path or id; ``quickstart`` is the small dataset shipped with dtrl."""
-    if not source:
-        raise DtrlError("no dataset given: set dataset=PATH (a .npz, .hdf5, Minari id) or dataset=quickstart")
-    if source == QUICKSTART_DATASET:
-        return EpisodeDataset.load(Path(str(files("dtrl") / "assets" / "quickstart.npz")))
-    return load_dataset(source)
 
 
 def model_config_for(dataset: EpisodeDataset, model: ModelConfig, normalizer: Normalizer) -> ModelConfig:

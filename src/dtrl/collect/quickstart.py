@@ -12,11 +12,8 @@ from dtrl.collect.agents import DEFAULT_HYPERPARAMS, Snapshot, train_behaviour_a
 from dtrl.data.episodes import Episode, EpisodeDataset
 from pathlib import Path
 from dtrl.collect.recorder import episode_returns, evaluate_policy, random_policy, record_episodes, return_stats, versions
+from dtrl.data.readers import QUICKSTART_PATH
 from dtrl.envs import make_env
-
-#: The path of the shipped quickstart dataset.
-QUICKSTART_PATH = Path(__file__).resolve().parent.parent / "assets" / "quickstart.npz"
-
 
 #: How the shipped quickstart dataset is made. ``fraction`` picks the snapshot
 #: whose deterministic return is closest to that fraction of the best

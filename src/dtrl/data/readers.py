@@ -1,4 +1,5 @@
-"""Readers that turn D4RL HDF5 files and Minari datasets into an :class:`EpisodeDataset`.
+"""Readers that turn D4RL HDF5 files and Minari datasets into an :class:`EpisodeDataset`, and
+:func:`open_dataset`, the one way to open a dataset by path, id or name.
 
 Every reader checks what it reads and turns the libraries' low-level failures
 (h5py's ``OSError``, Minari's ``FileNotFoundError`` / ``ValueError``) into a
@@ -23,6 +24,9 @@ from dtrl.data.episodes import NATIVE_SUFFIX, Episode, EpisodeDataset, infer_box
 from dtrl.data.store import is_store, open_store
 from dtrl.errors import DtrlError
 
+QUICKSTART_DATASET = "quickstart"
+#: The dataset ``dataset=quickstart`` names, shipped in the package (made by :mod:`dtrl.collect.quickstart`).
+QUICKSTART_PATH = Path(__file__).resolve().parent.parent / "assets" / "quickstart.npz"
 D4RL_KEYS = ("observations", "actions", "rewards", "terminals", "timeouts")
 D4RL_SUFFIXES = (".hdf5", ".h5")
 # A Minari id is "namespace/.../name-vN": word characters and dashes split by '/'.
@@ -244,9 +248,10 @@ def _minari_data_dir(path: Path) -> Path:
 
 
 # --------------------------------------------------------------------------- dispatch
-def load_dataset(source: str | os.PathLike, env_id: str | None = None) -> EpisodeDataset:
-    """Read any dataset dtrl understands, choosing the reader from what ``source`` is.
+def open_dataset(source: str | os.PathLike, env_id: str | None = None) -> EpisodeDataset:
+    """Open any dataset dtrl understands, choosing the reader from what ``source`` is.
 
+    ``quickstart`` is the small Hopper dataset shipped with dtrl.
     ``.npz`` is dtrl's own format, ``.hdf5`` / ``.h5`` a D4RL file, a directory
     marked as a dtrl store (:mod:`dtrl.data.store`) is opened memory-mapped, a DQN-replay
     ``replay_logs`` directory gives the paper's 1% subset (:mod:`dtrl.data.dqn_replay`), and
@@ -254,7 +259,9 @@ def load_dataset(source: str | os.PathLike, env_id: str | None = None) -> Episod
     ``hopper-medium-replay`` is a dataset in dtrl's cache (:mod:`dtrl.data.cache`). ``env_id``, when given,
     overrides the environment recorded with the data (D4RL files record none).
     """
-    path = Path(source)
+    if not source:
+        raise DtrlError("no dataset given: set dataset=PATH (a .npz, .hdf5, Minari id) or dataset=quickstart")
+    path = Path(QUICKSTART_PATH if source == QUICKSTART_DATASET else source)
     suffix = path.suffix.lower()
     if suffix == NATIVE_SUFFIX:
         dataset = EpisodeDataset.load(path)

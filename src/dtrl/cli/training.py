@@ -1,140 +1,17 @@
-"""The ``dtrl`` command line.
-
-Every command turns a :class:`DtrlError` into one line on stderr and exit code
-2; ``dtrl --debug ...`` shows the traceback instead.
-"""
+"""``dtrl train | eval | finetune``: train a policy and measure it."""
 
 from __future__ import annotations
 
-import sys
-from contextlib import contextmanager
-from enum import Enum
 from pathlib import Path
-from typing import Callable, Iterator, List, Optional
+from typing import List, Optional
 
 import typer
-from rich.console import Console
-from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from dtrl import __version__
 from dtrl.config import FinetuneConfig
-from dtrl.data import commands as data_commands
+from dtrl.cli.app import FORCE_HELP, app
+from dtrl.cli.display import console, eval_progress, progress_bar, results_table, train_with_progress
 from dtrl.errors import DtrlError
-
-app = typer.Typer(
-    help="Decision Transformers: train on offline RL datasets and evaluate in the simulator.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=True,
-)
-data_app = typer.Typer(
-    help="Collect, inspect, convert and export offline datasets.",
-    no_args_is_help=True,
-    epilog="Examples:\n\n  dtrl data info quickstart\n\n  dtrl data convert hopper-medium-v2.hdf5 data/hopper.npz --env Hopper-v5",
-)
-app.add_typer(data_app, name="data")
-data_commands.register(data_app)  # collect, export, list
-console = Console()
-err_console = Console(stderr=True)
-_debug = {"on": False}
-FORCE_HELP = "Write even into a checkpoint, a run directory's top level or over an existing file that this command did not make."
-
-
-def _version(value: bool) -> None:
-    if value:
-        console.print(f"dtrl {__version__}")
-        raise typer.Exit()
-
-
-@app.callback()
-def _main(
-    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks for errors."),
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
-) -> None:
-    _debug["on"] = debug
-
-
-@contextmanager
-def progress_bar(description: str, total: int | None) -> Iterator[Progress]:
-    """A rich progress bar with ETA; silent when stdout is not a terminal (CI logs)."""
-    bar = Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[info]}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        disable=not console.is_terminal,
-    )
-    with bar:
-        bar.add_task(description, total=total, info="")
-        yield bar
-
-
-def train_with_progress(config, resume: bool = False, overrides: dict | None = None, train=None):
-    """Train with a progress bar showing the loss; prints a line per log interval when not a terminal.
-
-    ``train``: the training function (default :func:`dtrl.train.train`; stacked seeds pass theirs)."""
-    if train is None:
-        from dtrl.train import train
-
-    start = 0
-
-    with progress_bar("train", config.steps) as bar:
-        task = bar.task_ids[0]
-
-        def on_step(step: int, loss: float | None) -> None:
-            nonlocal start
-            if not start:
-                start = step
-                bar.update(task, completed=step - 1)
-            bar.update(task, completed=step, info=f"loss {loss:.4f}" if loss is not None else "")
-            if not console.is_terminal and (step % config.log_every == 0 or step == config.steps):
-                console.print(f"step {step}/{config.steps}  loss {loss:.4f}")
-
-        return train(config, resume=resume, overrides=overrides, on_step=on_step)
-
-
-@contextmanager
-def eval_progress(env_id: str, episodes: int) -> Iterator[Callable[[int], None]]:
-    """An ``on_step`` for evaluate(): env steps against the episode limit; silent when not a terminal."""
-    import gymnasium as gym
-
-    from dtrl.envs import check_env_id
-
-    check_env_id(env_id)
-    last = 0
-    with progress_bar(f"eval ({episodes} episodes)", gym.spec(env_id).max_episode_steps) as bar:
-        task = bar.task_ids[0]
-
-        def on_step(step: int) -> None:
-            nonlocal last
-            last = step
-            bar.update(task, completed=step, info=f"env step {step}")
-
-        yield on_step
-        bar.update(task, total=last, completed=last)  # every episode ended before the limit
-
-
-def results_table(title: str, results, baseline=None) -> Table:
-    table = Table(title=title)
-    for col in ("policy", "target return", "return (mean ± std)", "normalised score", "episodes"):
-        table.add_column(col, justify="right")
-    rows = ([("random", baseline)] if baseline is not None else []) + [("DT", r) for r in results]
-    for name, r in rows:
-        norm = r.normalized
-        table.add_row(
-            name,
-            "-" if r.target_return is None else f"{r.target_return:g}",
-            f"{r.mean:.1f} ± {r.std:.1f}",
-            f"{norm[0]:.1f} ± {norm[1]:.1f}" if norm else "-",
-            str(len(r.returns)),
-        )
-    return table
-
 
 # ----------------------------------------------------------------------------- commands
 @app.command(
@@ -246,7 +123,7 @@ def eval_(
 
     needs_data = not targets or (state_stats is None and is_transformers_dir(checkpoint))
     data = _open_dataset(dataset) if needs_data else None
-    policy = _load_policy(checkpoint, device, kv_cache, state_stats, data)
+    policy = load_policy(checkpoint, device, kv_cache, state_stats, data)
     if data is not None and not targets:
         _offline_eval(policy, data, output)
         return
@@ -293,12 +170,12 @@ def _target_returns(ctx: typer.Context, given: Optional[List[float]]) -> list[fl
 
 
 def _open_dataset(source: Optional[str]):
-    from dtrl.train import open_dataset
+    from dtrl.data.readers import open_dataset
 
     return open_dataset(source) if source else None
 
 
-def _load_policy(checkpoint: Path, device: str, kv_cache: bool = False, state_stats: Optional[Path] = None, data=None):
+def load_policy(checkpoint: Path, device: str, kv_cache: bool = False, state_stats: Optional[Path] = None, data=None):
     """dtrl.load; a transformers directory's state statistics from --state-stats, else from the dataset."""
     from dtrl.hf import dataset_state_stats, is_transformers_dir
     from dtrl.policy import load
@@ -362,7 +239,7 @@ def finetune(
     device: str = typer.Option(_FT.device, "--device", envvar="DTRL_DEVICE", help="auto, cpu, cuda or cuda:N."),
 ) -> None:
     """Fine-tune a stochastic-policy DT online in the simulator (Online Decision Transformer)."""
-    from dtrl.calibrate import dataset_of
+    from dtrl.runs import training_dataset
     from dtrl.finetune import finetune as run_finetune
 
     config = FinetuneConfig(
@@ -383,7 +260,7 @@ def finetune(
         device=device,
     )
     config.validate()
-    data = dataset_of(checkpoint, dataset)
+    data = training_dataset(checkpoint, dataset)
     with progress_bar("online env steps", steps) as bar:
         task = bar.task_ids[0]
 
@@ -400,172 +277,3 @@ def finetune(
         table.add_row(name, f"{r.mean:.1f} ± {r.std:.1f}", f"{norm[0]:.1f} ± {norm[1]:.1f}" if norm else "-", str(len(r.returns)))
     console.print(table)
     console.print(f"checkpoint: {result.checkpoint}", soft_wrap=True, highlight=False)
-
-
-@app.command(
-    epilog="Examples:\n\n  dtrl quickstart\n\n  dtrl quickstart --seed 3   (writes runs/quickstart-seed3)\n\n"
-    "  dtrl quickstart --steps 500 --episodes 3 --out-dir runs/qs-short"
-)
-def quickstart(
-    out_dir: Optional[Path] = typer.Option(
-        None, "--out-dir", help="Where the run is written (default runs/quickstart, runs/quickstart-seedN for --seed N)."
-    ),
-    seed: int = typer.Option(0, "--seed", min=0, help="Training seed; evaluation episodes start from it too."),
-    steps: int = typer.Option(0, "--steps", min=0, help="Training steps (0: the quickstart default)."),
-    episodes: int = typer.Option(30, "--episodes", min=1, help="Evaluation episodes per target."),
-) -> None:
-    """Train a small DT on the shipped Hopper dataset and check, in the simulator, that it follows the target."""
-    from dtrl.quickstart import run
-
-    run(out_dir, steps or None, episodes, console, train_with_progress, results_table, seed=seed)
-
-
-@data_app.command("info", epilog="Examples:\n\n  dtrl data info quickstart\n\n  dtrl data info data/hopper-medium-v2.hdf5")
-def data_info(
-    source: str = typer.Argument(..., help="A cached dataset name, .npz, .hdf5 (D4RL) file, Minari dataset dir or id, or 'quickstart'.")
-) -> None:
-    """Print a dataset's summary statistics, reference scores and provenance."""
-    from dtrl.data.commands import info_rows
-    from dtrl.train import open_dataset
-
-    table = Table(title=source, show_header=False)
-    for k, v in info_rows(open_dataset(source)):
-        table.add_row(k, v)
-    console.print(table)
-
-
-@data_app.command(
-    "convert",
-    epilog="Examples:\n\n  dtrl data convert hopper-medium-v2.hdf5 data/hopper-medium.npz --env Hopper-v5\n\n"
-    "  dtrl data convert mujoco/hopper/medium-v0 data/hopper-store --store",
-)
-def data_convert(
-    source: str = typer.Argument(..., help="A .hdf5 (D4RL) file, Minari dataset dir or id, or a .npz."),
-    output: Path = typer.Argument(..., help="Output path of the native .npz dataset (a directory with --store)."),
-    env: Optional[str] = typer.Option(None, "--env", help="Record this gymnasium id as the dataset's env."),
-    store: bool = typer.Option(
-        False, "--store", help="Write an on-disk store (memory-mapped in training, for data larger than RAM)."
-    ),
-    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
-) -> None:
-    """Convert a dataset to dtrl's native format (fast to load)."""
-    from dtrl.data.commands import check_dataset_output
-    from dtrl.data.store import write_store
-    from dtrl.train import open_dataset
-
-    output = check_dataset_output(output, "OUTPUT", source, force, native=not store, directory=store)
-    dataset = open_dataset(source)
-    if env:
-        dataset.env_id = env
-    written = write_store(dataset, output) if store else dataset.save(output)
-    console.print(f"wrote {written} ({dataset.num_episodes} episodes, {len(dataset)} transitions)")
-
-
-@app.command(
-    epilog="Examples:\n\n  dtrl calibrate runs/quickstart   (writes runs/quickstart/calibration.json)\n\n"
-    "  dtrl calibrate runs/hopper --points 12 --episodes 20\n\n"
-    "  dtrl calibrate exported/policy --dataset data/hopper-medium.npz -o calibration.json",
-)
-def calibrate(
-    checkpoint: Path = typer.Argument(..., help="Run directory, checkpoint or policy directory."),
-    points: int = typer.Option(10, "--points", "-p", min=2, help="Targets from 0 to 1.2x the dataset's best return."),
-    episodes: int = typer.Option(10, "--episodes", "-n", min=1, help="Episodes per target, all run in parallel."),
-    env: Optional[str] = typer.Option(None, "--env", help="Gymnasium id (default: the env the policy was trained for)."),
-    dataset: Optional[str] = typer.Option(
-        None, "--dataset", help="The training dataset (default: the one in the run's config.yaml)."
-    ),
-    seed: int = typer.Option(0, "--seed", min=0, help="Episode i of every target starts from seed + i."),
-    device: str = typer.Option("auto", "--device", envvar="DTRL_DEVICE", help="auto, cpu, cuda or cuda:N."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Default: CHECKPOINT/calibration.json."),
-    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
-) -> None:
-    """Sweep target returns and record the achieved return: calibration.json, drawn by `dtrl plot`."""
-    from dtrl.runfiles import CALIBRATION_FILE
-    from dtrl.calibrate import calibrate as run_calibration, dataset_of, write_calibration
-    from dtrl.outputs import check_output
-
-    default = Path(checkpoint) / CALIBRATION_FILE
-    path = check_output(output or default, "--output", force=force, own=default)
-    data = dataset_of(checkpoint, dataset)
-    policy = _load_policy(checkpoint, device, data=data)
-    env_id = env or policy.spec.env_id
-    if not env_id:
-        raise DtrlError("the policy records no environment: pass --env ID")
-    with eval_progress(env_id, points * episodes) as on_step:
-        report = run_calibration(policy, env_id, data, points, episodes, seed, on_step)
-    table = Table(title=f"{env_id}: return calibration")
-    for col in ("target return", f"achieved (mean ± std, {episodes} episodes)"):
-        table.add_column(col, justify="right")
-    for r in report["results"]:
-        table.add_row(f"{r['target_return']:.0f}", f"{r['return_mean']:.1f} ± {r['return_std']:.1f}")
-    console.print(table)
-    write_calibration(report, path)
-    console.print(f"best return in the dataset: {report['dataset_best_return']:.1f}; wrote {path}", soft_wrap=True)
-
-
-@app.command(
-    epilog="Examples:\n\n  dtrl plot runs/quickstart --out plots\n\n"
-    "  dtrl plot runs/hopper-s0 runs/hopper-s1 runs/hopper-s2 --out plots   (seeds: mean ± std)",
-)
-def plot(
-    runs: List[Path] = typer.Argument(..., help="Run directories; runs differing only in seed are averaged."),
-    out: Path = typer.Option(Path("plots"), "--out", help="Directory for the PNG files."),
-    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
-) -> None:
-    """Draw learning curves (and return calibration, where calibration.json exists) as PNGs."""
-    from dtrl.outputs import check_output
-    from dtrl.plot import plot_runs
-
-    check_output(out, "--out", directory=True, force=force)
-    for path in plot_runs(list(runs), out):
-        console.print(f"wrote {path}", soft_wrap=True, highlight=False)
-
-
-class ExportFormat(str, Enum):
-    """Checked by the command line before torch is imported (dtrl.export.FORMATS)."""
-
-    policy = "policy"
-    torchscript = "torchscript"
-    onnx = "onnx"
-    transformers = "transformers"
-
-
-@app.command(
-    epilog="Examples:\n\n  dtrl export runs/quickstart --format policy --out shared/hopper-dt\n\n"
-    "  dtrl export runs/quickstart --format torchscript --out exported\n\n"
-    "  dtrl export runs/quickstart --format onnx --out exported   (run it with onnxruntime)\n\n"
-    "  dtrl export runs/quickstart --format transformers --out hf-dt   (DecisionTransformerModel.from_pretrained)",
-)
-def export(
-    checkpoint: Path = typer.Argument(..., help="Run directory, checkpoint or policy directory."),
-    format: ExportFormat = typer.Option(ExportFormat.policy, "--format", "-f", help="What to write."),
-    out: Path = typer.Option(..., "--out", help="Directory to write into (created if missing)."),
-    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
-) -> None:
-    """Export a policy to share: a policy directory, TorchScript, ONNX or transformers, each with a model card."""
-    from dtrl.export import export as run_export
-
-    command = " ".join(["dtrl", *sys.argv[1:]])
-    for path in run_export(checkpoint, format.value, out, command, force):
-        console.print(f"wrote {path}", soft_wrap=True, highlight=False)
-
-
-def main() -> None:
-    try:
-        code = app(standalone_mode=False)
-    except DtrlError as e:
-        if _debug["on"]:
-            raise
-        err_console.print(f"[bold red]error:[/] {escape(str(e))}", soft_wrap=True, highlight=False)
-        sys.exit(2)
-    except typer.TyperException as e:  # a bad command line (click's usage errors): one line as well
-        if type(e).__name__ != "NoArgsIsHelpError":  # that one has shown the help already
-            ctx = getattr(e, "ctx", None)
-            hint = f" (see {ctx.command_path} --help)" if ctx is not None else ""
-            message = " ".join(e.format_message().split()) + hint
-            err_console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True, highlight=False)
-        sys.exit(e.exit_code)
-    except KeyboardInterrupt:
-        err_console.print("interrupted: the newest checkpoint is intact; continue with --resume")
-        sys.exit(130)
-    sys.exit(code if isinstance(code, int) else 0)

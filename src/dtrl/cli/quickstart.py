@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 from rich.columns import Columns
@@ -21,6 +21,10 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+import typer
+
+from dtrl.cli.app import app
+from dtrl.cli.display import console, results_table, train_with_progress
 from dtrl.calibrate import calibration_report, write_calibration
 from dtrl.runfiles import RUN_CONFIG_FILE
 from dtrl.checkpoint import latest_checkpoint
@@ -32,7 +36,8 @@ from dtrl.runfiles import CALIBRATION_FILE
 from dtrl.plot import plot_runs
 from dtrl.runfiles import RUN_CONFIG_FIX
 from dtrl.io import read_yaml
-from dtrl.train import QUICKSTART_DATASET, TrainResult, open_dataset
+from dtrl.data.readers import QUICKSTART_DATASET, open_dataset
+from dtrl.train import TrainResult
 
 CONFIG = Path(str(files("dtrl") / "configs" / "quickstart.yaml"))
 TARGET_POINTS = 4
@@ -188,3 +193,19 @@ def run(
     }
     write_json(run_dir / "quickstart.json", summary)
     return summary
+
+
+@app.command(
+    epilog="Examples:\n\n  dtrl quickstart\n\n  dtrl quickstart --seed 3   (writes runs/quickstart-seed3)\n\n"
+    "  dtrl quickstart --steps 500 --episodes 3 --out-dir runs/qs-short"
+)
+def quickstart(
+    out_dir: Optional[Path] = typer.Option(
+        None, "--out-dir", help="Where the run is written (default runs/quickstart, runs/quickstart-seedN for --seed N)."
+    ),
+    seed: int = typer.Option(0, "--seed", min=0, help="Training seed; evaluation episodes start from it too."),
+    steps: int = typer.Option(0, "--steps", min=0, help="Training steps (0: the quickstart default)."),
+    episodes: int = typer.Option(30, "--episodes", min=1, help="Evaluation episodes per target."),
+) -> None:
+    """Train a small DT on the shipped Hopper dataset and check, in the simulator, that it follows the target."""
+    run(out_dir, steps or None, episodes, console, train_with_progress, results_table, seed=seed)

@@ -1,8 +1,6 @@
-"""``dtrl data collect | export | list`` and the rows of ``dtrl data info``.
+"""``dtrl data collect | export | list | info | convert``.
 
-Kept apart from :mod:`dtrl.cli` so the data tooling grows here; :func:`register`
-adds the commands to the ``data`` sub-app. Heavy imports happen inside the
-commands so ``dtrl --help`` stays fast.
+Heavy imports happen inside the commands so ``dtrl --help`` stays fast.
 """
 
 from __future__ import annotations
@@ -13,7 +11,10 @@ from pathlib import Path
 from typing import Any, Optional
 
 import typer
+from rich.table import Table
 
+from dtrl.cli.app import FORCE_HELP, data_app
+from dtrl.cli.display import console, progress_bar
 from dtrl.errors import DtrlError
 
 EXPORT_FORMATS = ("d4rl", "minari", "npz")
@@ -47,6 +48,13 @@ def info_rows(dataset: Any) -> list[tuple[str, str]]:
     return rows
 
 
+@data_app.command(
+    "collect",
+    epilog="Examples:\n\n  dtrl data collect Hopper-v5\n\n"
+    "  dtrl data collect Walker2d-v5 --kinds medium,medium-replay --transitions 200000 --seed 1\n\n"
+    "  dtrl data collect ALE/Breakout-v5 --transitions 500000\n\n"
+    "  dtrl data collect dtrl/KeyToDoor-v0 --kinds random --episodes 1000",
+)
 def collect(
     env_id: str = typer.Argument(..., help="Gymnasium id, e.g. Hopper-v5, Walker2d-v5, HalfCheetah-v5, ALE/Breakout-v5."),
     kinds: str = typer.Option(
@@ -74,7 +82,6 @@ def collect(
     sampled to the paper's 1% subset (--kinds, --max-episode-steps and --ref-episodes do not apply)."""
     from rich.progress import TaskID
 
-    from dtrl.cli import console, progress_bar
     from dtrl.data.cache import default_cache_dir
     from dtrl.envs.atari import is_atari
     from dtrl.envs.scores import env_family
@@ -135,6 +142,11 @@ def collect(
         console.print(f"{name}: {path}", soft_wrap=True, highlight=False)
 
 
+@data_app.command(
+    "export",
+    epilog="Examples:\n\n  dtrl data export hopper-medium --format d4rl --out hopper-medium.hdf5\n\n"
+    "  dtrl data export hopper-medium --format minari   (then minari.load_dataset('dtrl/hopper/medium-v0'))",
+)
 def export(
     source: str = typer.Argument(..., help="A cached dataset name (e.g. hopper-medium) or any dataset dtrl reads."),
     format: str = typer.Option(..., "--format", "-f", help="d4rl (HDF5), minari, or npz (dtrl's native format)."),
@@ -144,9 +156,8 @@ def export(
     force: bool = typer.Option(False, "--force", help="Replace an existing file at --out."),
 ) -> None:
     """Export a dataset as a D4RL HDF5 file, a Minari dataset or a dtrl .npz."""
-    from dtrl.cli import console
     from dtrl.data.writers import write_d4rl, write_minari
-    from dtrl.train import open_dataset
+    from dtrl.data.readers import open_dataset
 
     if format not in EXPORT_FORMATS:
         raise DtrlError(f"unknown export format {format!r}: choose one of {', '.join(EXPORT_FORMATS)}")
@@ -181,14 +192,13 @@ def check_dataset_output(
     return check_output(path, option, directory=directory, force=force, sources=sources, replace_files=directory)
 
 
+@data_app.command("list", epilog="Examples:\n\n  dtrl data list\n\n  DTRL_DATA_DIR=/data/dtrl dtrl data list")
 def list_(
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Default: $DTRL_DATA_DIR or the user data dir."),
 ) -> None:
     """List the datasets in the cache (usable by name: dtrl train dataset=NAME)."""
     import numpy as np
-    from rich.table import Table
 
-    from dtrl.cli import console
     from dtrl.data.cache import default_cache_dir, list_cached
     from dtrl.data.episodes import EpisodeDataset
 
@@ -208,18 +218,40 @@ def list_(
     console.print(table)
 
 
-def register(data_app: typer.Typer) -> None:
-    """Add collect, export and list to the ``data`` sub-app."""
-    data_app.command(
-        "collect",
-        epilog="Examples:\n\n  dtrl data collect Hopper-v5\n\n"
-        "  dtrl data collect Walker2d-v5 --kinds medium,medium-replay --transitions 200000 --seed 1\n\n"
-        "  dtrl data collect ALE/Breakout-v5 --transitions 500000\n\n"
-        "  dtrl data collect dtrl/KeyToDoor-v0 --kinds random --episodes 1000",
-    )(collect)
-    data_app.command(
-        "export",
-        epilog="Examples:\n\n  dtrl data export hopper-medium --format d4rl --out hopper-medium.hdf5\n\n"
-        "  dtrl data export hopper-medium --format minari   (then minari.load_dataset('dtrl/hopper/medium-v0'))",
-    )(export)
-    data_app.command("list", epilog="Examples:\n\n  dtrl data list\n\n  DTRL_DATA_DIR=/data/dtrl dtrl data list")(list_)
+@data_app.command("info", epilog="Examples:\n\n  dtrl data info quickstart\n\n  dtrl data info data/hopper-medium-v2.hdf5")
+def data_info(
+    source: str = typer.Argument(..., help="A cached dataset name, .npz, .hdf5 (D4RL) file, Minari dataset dir or id, or 'quickstart'.")
+) -> None:
+    """Print a dataset's summary statistics, reference scores and provenance."""
+    from dtrl.data.readers import open_dataset
+
+    table = Table(title=source, show_header=False)
+    for k, v in info_rows(open_dataset(source)):
+        table.add_row(k, v)
+    console.print(table)
+
+
+@data_app.command(
+    "convert",
+    epilog="Examples:\n\n  dtrl data convert hopper-medium-v2.hdf5 data/hopper-medium.npz --env Hopper-v5\n\n"
+    "  dtrl data convert mujoco/hopper/medium-v0 data/hopper-store --store",
+)
+def data_convert(
+    source: str = typer.Argument(..., help="A .hdf5 (D4RL) file, Minari dataset dir or id, or a .npz."),
+    output: Path = typer.Argument(..., help="Output path of the native .npz dataset (a directory with --store)."),
+    env: Optional[str] = typer.Option(None, "--env", help="Record this gymnasium id as the dataset's env."),
+    store: bool = typer.Option(
+        False, "--store", help="Write an on-disk store (memory-mapped in training, for data larger than RAM)."
+    ),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
+) -> None:
+    """Convert a dataset to dtrl's native format (fast to load)."""
+    from dtrl.data.store import write_store
+    from dtrl.data.readers import open_dataset
+
+    output = check_dataset_output(output, "OUTPUT", source, force, native=not store, directory=store)
+    dataset = open_dataset(source)
+    if env:
+        dataset.env_id = env
+    written = write_store(dataset, output) if store else dataset.save(output)
+    console.print(f"wrote {written} ({dataset.num_episodes} episodes, {len(dataset)} transitions)")
