@@ -45,7 +45,6 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse  # noqa: E402
-import functools  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 import resource  # noqa: E402
@@ -70,6 +69,7 @@ from dtrl.data.episodes import EpisodeDataset, space_to_dict  # noqa: E402
 from dtrl.io import atomic_write  # noqa: E402
 from dtrl.data.sampler import Normalizer, SegmentSampler  # noqa: E402
 from dtrl.models import DecisionTransformer  # noqa: E402
+from dtrl.models.decoding import new_cache  # noqa: E402
 from dtrl.policy import DecisionTransformerPolicy  # noqa: E402
 from dtrl.stacked import stack_batches, stack_models, stacked_train_step  # noqa: E402
 from dtrl.train import build_optimizer, model_config_for, train_step  # noqa: E402
@@ -368,7 +368,13 @@ def measure_latency(
     ``dtrl_kv_cache_modules`` the same cache stepped module by module (``new_cache(fast=False)``)."""
     obs_stream = np.random.default_rng(SEED).normal(size=(300, dataset.observations.shape[1])).astype(np.float32)
     modules = dtrl_policy(dataset, device, True)
-    modules.model.new_cache = functools.partial(modules.model.new_cache, fast=False)  # what reset() calls
+    reset_fast = modules.reset
+
+    def reset_modules(*args: Any, **kwargs: Any) -> None:  # the same reset, then the module-by-module cache
+        reset_fast(*args, **kwargs)
+        modules._cache = new_cache(modules.model, len(modules._next_rtg), modules.device, fast=False)
+
+    modules.reset = reset_modules  # type: ignore[method-assign]
 
     def latency(reset: Callable[[], Callable[[np.ndarray, float], Any]]) -> float:
         act = reset()

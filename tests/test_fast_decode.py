@@ -11,8 +11,7 @@ import torch
 from conftest import pendulum_spec
 from dtrl.config import ModelConfig
 from dtrl.models import DecisionTransformer
-from dtrl.models.decision_transformer import DecodingCache
-from dtrl.models.fast_decode import FastDecodingCache
+from dtrl.models.decoding import DecodingCache, FastDecodingCache, new_cache
 from dtrl.policy import DecisionTransformerPolicy
 
 STEPS = 17  # past the context length (5) more than three times over
@@ -31,7 +30,7 @@ def _model(cfg: ModelConfig, seed: int = 0, scale: float = 10.0) -> DecisionTran
 
 
 def _episode(model: DecisionTransformer, cache, steps: int = STEPS, batch: int = 2, seed: int = 0) -> np.ndarray:
-    """Drive ``model.step`` like the policy does: returns-to-go fall by the rewards, actions feed back."""
+    """Drive ``cache.step`` like the policy does: returns-to-go fall by the rewards, actions feed back."""
     cfg = model.config
     rng = np.random.default_rng(seed)
     rtg = torch.tensor(rng.normal(size=batch) * 3, dtype=torch.float32)
@@ -39,7 +38,7 @@ def _episode(model: DecisionTransformer, cache, steps: int = STEPS, batch: int =
     with torch.inference_mode():
         for t in range(steps):
             states = torch.tensor(rng.normal(size=(batch, cfg.observation_dim)), dtype=torch.float32)
-            pred = model.step(cache, rtg, states, torch.full((batch,), t, dtype=torch.long), previous)
+            pred = cache.step(rtg, states, torch.full((batch,), t, dtype=torch.long), previous)
             previous = pred.argmax(-1) if cfg.discrete else pred.float()
             out.append(pred.clone().numpy())
             rtg = rtg - torch.tensor(rng.normal(size=batch), dtype=torch.float32) / 10
@@ -64,7 +63,7 @@ CASES = {
 def test_fast_cache_equals_the_module_cache_over_a_whole_episode(tiny_model_config: ModelConfig, case, use_numpy):
     cfg = dataclasses.replace(tiny_model_config, **{"n_layer": 3, "action_dim": 2, **CASES[case]})
     model = _model(cfg)
-    reference = _episode(model, model.new_cache(2, fast=False))
+    reference = _episode(model, new_cache(model, 2, fast=False))
     fast = FastDecodingCache(model, 2, torch.device("cpu"), use_numpy=use_numpy)
     assert (fast._numpy is not None) == use_numpy
     np.testing.assert_allclose(_episode(model, fast), reference, rtol=0, atol=1e-5)
@@ -73,25 +72,25 @@ def test_fast_cache_equals_the_module_cache_over_a_whole_episode(tiny_model_conf
 def test_discrete_actions_decode_alike(tiny_model_config: ModelConfig):
     cfg = dataclasses.replace(tiny_model_config, n_layer=3, action_dim=4, discrete=True)
     model = _model(cfg)
-    fast = model.new_cache(2)
+    fast = new_cache(model, 2)
     assert isinstance(fast, FastDecodingCache) and fast._numpy is None  # an embedding table: the torch path
-    np.testing.assert_allclose(_episode(model, fast), _episode(model, model.new_cache(2, fast=False)), atol=1e-5)
+    np.testing.assert_allclose(_episode(model, fast), _episode(model, new_cache(model, 2, fast=False)), atol=1e-5)
 
 
 def test_paper_gym_configuration_single_episode():
     """The benchmark's shape (3 layers, 128 wide, K=20, Hopper's 11/3): one env, three windows long."""
     cfg = ModelConfig(observation_dim=11, action_dim=3, context_length=20)
     model = _model(cfg, scale=3.0)  # wide: larger weights would grow the rounding past 1e-5
-    a = _episode(model, model.new_cache(1), steps=65, batch=1)
-    np.testing.assert_allclose(a, _episode(model, model.new_cache(1, fast=False), steps=65, batch=1), atol=1e-5)
+    a = _episode(model, new_cache(model, 1), steps=65, batch=1)
+    np.testing.assert_allclose(a, _episode(model, new_cache(model, 1, fast=False), steps=65, batch=1), atol=1e-5)
 
 
 def test_which_cache_a_model_gets(tiny_model_config: ModelConfig):
     model = _model(tiny_model_config)
-    assert isinstance(model.new_cache(1), FastDecodingCache)
-    assert isinstance(model.new_cache(1, fast=False), DecodingCache)
+    assert isinstance(new_cache(model, 1), FastDecodingCache)
+    assert isinstance(new_cache(model, 1, fast=False), DecodingCache)
     model.train()  # dropout would act in the module path: the fast one is for evaluation only
-    assert isinstance(model.new_cache(1), DecodingCache)
+    assert isinstance(new_cache(model, 1), DecodingCache)
 
 
 @pytest.mark.parametrize("batched", [True, False])
@@ -114,8 +113,7 @@ def test_fast_policy_acts_like_the_module_cache_policy(tiny_model_config: ModelC
 
     fast = rollout()
     assert isinstance(policy._cache, FastDecodingCache)
-    new_cache = policy.model.new_cache
-    monkeypatch.setattr(policy.model, "new_cache", lambda *a, **k: new_cache(*a, **k, fast=False))
+    monkeypatch.setattr("dtrl.policy.new_cache", lambda *a, **k: new_cache(*a, **k, fast=False))
     reference = rollout()
     assert isinstance(policy._cache, DecodingCache)
     np.testing.assert_allclose(fast, reference, rtol=0, atol=1e-5)

@@ -28,7 +28,7 @@ from dtrl.errors import DtrlError
 from dtrl.fields import check_device
 from dtrl.hf import StateStats, is_transformers_dir, read_transformers
 from dtrl.models import DecisionTransformer, build_model
-from dtrl.models.decision_transformer import DecodingCache
+from dtrl.models.decoding import DecodingCache, FastDecodingCache, new_cache
 from dtrl.models.gaussian import sample
 
 
@@ -60,13 +60,13 @@ class DecisionTransformerPolicy:
         self, model: DecisionTransformer, spec: PolicySpec, device: str | torch.device = "cpu", kv_cache: bool = False
     ) -> None:
         """``kv_cache=True`` decodes incrementally (three new tokens per step, see
-        :class:`~dtrl.models.decision_transformer.DecodingCache`) where the model supports it
+        :class:`~dtrl.models.decoding.DecodingCache`) where the model supports it
         (:attr:`~dtrl.models.decision_transformer.DecisionTransformer.supports_kv_cache`); otherwise,
         and by default, each action recomputes the last :attr:`context_length` steps."""
         self.device = torch.device(device)
         self.kv_cache = kv_cache and isinstance(model, DecisionTransformer) and model.supports_kv_cache
         self._sampler: torch.Generator | None = None
-        self._cache: DecodingCache | None = None
+        self._cache: DecodingCache | FastDecodingCache | None = None
         self._previous_actions: torch.Tensor | None = None
         self.model = model.to(self.device).eval()
         self.spec = spec
@@ -148,7 +148,7 @@ class DecisionTransformerPolicy:
         self._timesteps = torch.zeros(n, K, dtype=torch.long, device=self.device)
         self._next_rtg = torch.as_tensor(np.broadcast_to(targets, (n,)) / self.spec.reward_scale, device=self.device).float()
         self._t = 0
-        self._cache = self.model.new_cache(n, self.device) if self.kv_cache and not self._samples_gaussian else None
+        self._cache = new_cache(self.model, n, self.device) if self.kv_cache and not self._samples_gaussian else None
         self._previous_actions = None
 
     @torch.inference_mode()
@@ -167,7 +167,7 @@ class DecisionTransformerPolicy:
         states = torch.from_numpy(self.normalizer.states(obs)).to(self.device)
         if self._cache is not None:
             timesteps = torch.full((obs.shape[0],), self._t, dtype=torch.long, device=self.device)
-            pred = self.model.step(self._cache, self._next_rtg, states, timesteps, self._previous_actions)
+            pred = self._cache.step(self._next_rtg, states, timesteps, self._previous_actions)
             return self._to_env(pred)
         # Slide the window: slot n-1 holds the current step once it is full.
         n = min(self._t + 1, K)

@@ -1,7 +1,7 @@
 """A lean incremental decoder: the KV-cached step without ``nn.Module`` calls or per-step allocations of state.
 
-:class:`FastDecodingCache` computes what :meth:`DecisionTransformer.step` computes with a
-:class:`~dtrl.models.decision_transformer.DecodingCache` (the same tokens, the same
+:class:`FastDecodingCache` computes what :meth:`~dtrl.models.decoding.DecodingCache.step`
+computes (the same tokens, the same
 sliding-window attention; equal up to float rounding, tested at 1e-5) with fewer and
 cheaper operations, which is what one action of a small model costs on a CPU:
 
@@ -69,8 +69,8 @@ class _Layer:
 class FastDecodingCache:
     """Ring key/value caches and pre-laid-out weights for ``batch`` episodes that advance in lockstep.
 
-    Use through :meth:`DecisionTransformer.step` (which calls :meth:`step`), exactly like a
-    :class:`~dtrl.models.decision_transformer.DecodingCache`.
+    Made by :func:`dtrl.models.decoding.new_cache`; :meth:`step` is used exactly like
+    :meth:`~dtrl.models.decoding.DecodingCache.step`.
     """
 
     @staticmethod
@@ -191,7 +191,7 @@ class FastDecodingCache:
         timesteps: torch.Tensor,
         previous_actions: torch.Tensor | None,
     ) -> torch.Tensor:
-        """:meth:`DecisionTransformer.step`'s contract: the next action (B, act), or logits (B, act)."""
+        """:meth:`~dtrl.models.decoding.DecodingCache.step`'s contract: the next action (B, act), or logits (B, act)."""
         if self.step_count > 0 and previous_actions is None:
             raise DtrlError("step() after the first needs previous_actions: the actions just taken")
         if self._numpy is not None:
