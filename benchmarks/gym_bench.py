@@ -75,9 +75,9 @@ from dtrl.data.episodes import EpisodeDataset  # noqa: E402
 from dtrl.io import append_line, atomic_write  # noqa: E402
 from dtrl.errors import DtrlError  # noqa: E402
 from dtrl.evaluate import EvalResult, evaluate  # noqa: E402
-from dtrl.finetune import finetune  # noqa: E402
+from dtrl.train.finetune import finetune  # noqa: E402
 from dtrl.plot import plot_seeds, save_figure  # noqa: E402
-from dtrl.stacked import train_stacked  # noqa: E402
+from dtrl.train.stacked import train_stacked  # noqa: E402
 from dtrl.data.readers import open_dataset  # noqa: E402
 from dtrl.train import train  # noqa: E402
 

@@ -40,7 +40,7 @@ from common import save  # noqa: E402
 from dtrl.config import ModelConfig, load_config  # noqa: E402
 from dtrl.data.sampler import Batch  # noqa: E402
 from dtrl.models import DecisionTransformer  # noqa: E402
-from dtrl.train import action_loss, build_optimizer  # noqa: E402
+from dtrl.train.step import action_loss, build_optimizer  # noqa: E402
 
 SEED = 0
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "large.yaml"

@@ -71,8 +71,9 @@ from dtrl.data.sampler import Normalizer, SegmentSampler  # noqa: E402
 from dtrl.models import DecisionTransformer  # noqa: E402
 from dtrl.models.decoding import new_cache  # noqa: E402
 from dtrl.policy import DecisionTransformerPolicy  # noqa: E402
-from dtrl.stacked import stack_batches, stack_models, stacked_train_step  # noqa: E402
-from dtrl.train import build_optimizer, model_config_for, train_step  # noqa: E402
+from dtrl.train.stacking import stack_batches, stack_models, stacked_train_step  # noqa: E402
+from dtrl.train.step import build_optimizer, train_step  # noqa: E402
+from dtrl.train.run import model_config_for  # noqa: E402
 
 SEED = 0
 ENV_ID = "Hopper-v5"

@@ -17,7 +17,9 @@ from dtrl.data.sampler import Normalizer, SegmentSampler
 from dtrl.errors import DtrlError
 from dtrl.export import TORCHSCRIPT_FILE, export
 from dtrl.models import MLPBehaviourCloning, build_model
-from dtrl.train import RunData, action_loss, train
+from dtrl.train.run import RunData
+from dtrl.train.step import action_loss
+from dtrl.train import train
 
 from conftest import pendulum_spec, tiny_overrides
 from test_export import assert_matches

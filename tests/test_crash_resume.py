@@ -34,7 +34,7 @@ def _install_kill_point(kind: str, n: int, log: Path) -> None:
     """SIGKILL this process at the ``n``-th event of ``kind`` ("step": a training step starts;
     "write": a write event inside a checkpoint), noting the event in ``log`` first."""
     import dtrl.checkpoint as ck
-    import dtrl.train as tr
+    import dtrl.train.loop as tr
     from dtrl.data.sampler import SegmentSampler
 
     count = [0]

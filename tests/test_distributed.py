@@ -21,7 +21,9 @@ from dtrl.data.sampler import Batch, Normalizer, SegmentSampler
 from dtrl.distributed import from_env, rank_seed, resume_seed
 from dtrl.errors import DtrlError
 from dtrl.models import DecisionTransformer
-from dtrl.train import action_loss, build_optimizer, model_config_for, train
+from dtrl.train.step import action_loss, build_optimizer
+from dtrl.train.run import model_config_for
+from dtrl.train import train
 from dtrl.data.readers import open_dataset
 
 from conftest import tiny_overrides

@@ -22,13 +22,14 @@ from dtrl.checkpoint import load_policy_files, load_train_state, write_policy
 from dtrl.config import FinetuneConfig, ModelConfig, TrainConfig, load_config
 from dtrl.errors import DtrlError
 from dtrl.export import WindowPolicy
-from dtrl.finetune import finetune
+from dtrl.train.finetune import finetune
 from dtrl.models import DecisionTransformer
 from dtrl.models.gaussian import TEMPERATURE
-from dtrl.optimizers import WithTemperatureOptimizer
+from dtrl.train.optimizers import WithTemperatureOptimizer
 from dtrl.policy import DecisionTransformerPolicy
-from dtrl.stacked import train_stacked
-from dtrl.train import build_optimizer, train
+from dtrl.train.stacked import train_stacked
+from dtrl.train.step import build_optimizer
+from dtrl.train import train
 from test_variants import reach_dataset
 
 torch_optimizer = pytest.importorskip("torch_optimizer", reason='optimizer=lamb needs pip install "dtrl[odt]"')

@@ -16,7 +16,7 @@ from dtrl.data.episodes import space_to_dict
 from dtrl.data.sampler import Normalizer, SegmentSampler
 from dtrl.models import DecisionTransformer
 from dtrl.policy import DecisionTransformerPolicy
-from dtrl.train import CompiledForward, build_optimizer, train_step
+from dtrl.train.step import CompiledForward, build_optimizer, train_step
 
 STEPS = 17  # past the context length (5) more than three times over
 

@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 import torch
 
-import dtrl.train as train_module
+import dtrl.train.step as train_module
 from dtrl.runfiles import CHECKPOINT_DIR, LATEST_FILE, TRAIN_STATE_FILE
 from dtrl.checkpoint import latest_checkpoint, load_policy_files
 from dtrl.config import load_config

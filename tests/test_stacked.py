@@ -22,17 +22,17 @@ from dtrl.data.sampler import SegmentSampler
 from dtrl.errors import DtrlError
 from dtrl.models import DecisionTransformer, build_model
 from dtrl.policy import load
-from dtrl.stacked import (
-    parse_seeds,
+from dtrl.train.stacked import parse_seeds, train_stacked
+from dtrl.train.stacking import (
     seed_optimizer_state,
     stack_batches,
     stack_models,
     stack_optimizer_states,
     stacked_forward,
     stacked_train_step,
-    train_stacked,
 )
-from dtrl.train import build_optimizer, train, train_step
+from dtrl.train.step import build_optimizer, train_step
+from dtrl.train import train
 
 from conftest import tiny_overrides
 
@@ -179,7 +179,7 @@ def test_resume_after_a_kill_between_seeds_saves_is_bit_exact(pendulum_path: Pat
 
 
 def test_a_diverging_seed_stops_the_stack_naming_it(pendulum_path: Path, tmp_path: Path, monkeypatch):
-    import dtrl.stacked as stacked_module
+    import dtrl.train.stacked as stacked_module
 
     real, calls = stacked_module.stack_batches, [0]
 

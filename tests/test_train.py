@@ -96,7 +96,7 @@ def test_weights_from_another_model_shape_are_rejected(pendulum_path: Path, tmp_
 
 
 def test_learning_rate_warms_up_then_stays_or_follows_a_cosine_to_a_tenth():
-    from dtrl.train import learning_rate_factor
+    from dtrl.train.step import learning_rate_factor
 
     flat = TrainConfig(steps=100, warmup_steps=10)
     cosine = TrainConfig(steps=100, warmup_steps=10, lr_decay="cosine")
@@ -115,7 +115,7 @@ def test_weight_decay_matrices_only_spares_biases_norms_and_embeddings(tiny_mode
     import dataclasses
 
     from dtrl.models import DecisionTransformer
-    from dtrl.train import build_optimizer
+    from dtrl.train.step import build_optimizer
 
     model = DecisionTransformer(dataclasses.replace(tiny_model_config, stochastic_policy=True))
     names = {id(p): n for n, p in model.named_parameters()}

@@ -142,7 +142,7 @@ def test_the_best_checkpoint_survives_pruning(tmp_path: Path, tiny_model_config)
 
 
 def test_stacked_seeds_say_val_fraction_is_single_run(pendulum_path: Path, tmp_path: Path) -> None:
-    from dtrl.stacked import train_stacked
+    from dtrl.train.stacked import train_stacked
 
     with pytest.raises(DtrlError, match="val_fraction is for single runs"):
         train_stacked(val_config(pendulum_path, tmp_path / "run"), seeds=[0, 1])

@@ -23,9 +23,10 @@ from dtrl.data.episodes import space_to_dict
 from dtrl.data.sampler import Batch, Normalizer, SegmentSampler
 from dtrl.errors import DtrlError
 from dtrl.evaluate import EpisodeRecorder, rollout
-from dtrl.finetune import TrajectoryBuffer, collect, finetune
+from dtrl.train.finetune import TrajectoryBuffer, collect, finetune
 from dtrl.models import DecisionTransformer
-from dtrl.models.gaussian import log_prob, stochastic_action_loss, target_entropy, temperature
+from dtrl.models.gaussian import log_prob, target_entropy, temperature
+from dtrl.train.step import stochastic_action_loss
 from dtrl.models.mixers import CausalConvMixer
 from dtrl.policy import DecisionTransformerPolicy
 from dtrl.train import train

@@ -102,11 +102,16 @@ def save_checkpoint(
             raise error from None
         raise
     atomic_write(root / LATEST_FILE, lambda f: f.write(final.name.encode()))
-    best = read_best(run_dir)
-    for old in sorted(p for p in root.glob("step_*") if p.is_dir())[:-keep]:
-        if best is None or old.name != best["checkpoint"]:  # the best checkpoint outlives keep_checkpoints
-            shutil.rmtree(old, ignore_errors=True)
+    prune_checkpoints(run_dir, keep)
     return final
+
+
+def prune_checkpoints(run_dir: Path, keep: int) -> None:
+    """Delete all but the newest ``keep`` checkpoints; the best one (``best.json``) outlives them."""
+    best = read_best(run_dir)
+    for old in sorted(p for p in (Path(run_dir) / CHECKPOINT_DIR).glob("step_*") if p.is_dir())[:-keep]:
+        if best is None or old.name != best["checkpoint"]:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def read_best(run_dir: Path) -> dict[str, Any] | None:
@@ -147,8 +152,13 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
         name = ""  # no pointer, or a corrupt one: the newest complete checkpoint
     if name.startswith("step_") and "\0" not in name and "/" not in name and _complete(root / name):
         return root / name
-    done = sorted(p for p in root.glob("step_*") if p.is_dir() and _complete(p))
+    done = complete_checkpoints(run_dir)
     return done[-1] if done else None
+
+
+def complete_checkpoints(run_dir: Path) -> list[Path]:
+    """A run's checkpoints that hold every file (what a resume may load), oldest first."""
+    return sorted(p for p in (Path(run_dir) / CHECKPOINT_DIR).glob("step_*") if p.is_dir() and _complete(p))
 
 
 def resolve_policy_dir(path: str | os.PathLike) -> Path:

@@ -1,4 +1,5 @@
-"""The run directory a checkpoint belongs to, and what that run recorded.
+"""Run directories: making one ready to train (or to resume), finding the run a checkpoint belongs
+to, and reading what that run recorded.
 
 Commands that take "a run, a checkpoint or a policy directory" (calibrate,
 export) use this to find the training config and the final evaluation, which
@@ -6,6 +7,17 @@ live at the top of a run, not inside its checkpoints.
 """
 
 from __future__ import annotations
+
+import logging
+
+from dtrl.runfiles import CONFIG_FILE, TRAIN_STATE_FILE
+from dtrl.checkpoint import remove_partial_writes
+from dtrl.config import resumed_config, to_dict
+from dtrl.errors import write_error
+from dtrl.tracking import write_run_info
+
+import yaml
+from dtrl.io import atomic_write
 
 from pathlib import Path
 from typing import Any
@@ -17,6 +29,8 @@ from dtrl.errors import DtrlError
 from dtrl.config import TrainConfig, read_saved_config
 from dtrl.io import checked, read_json
 from dtrl.runfiles import CHECKPOINT_DIR, EVAL_FILE, EXPORTED_CONFIG_FILE, RUN_CONFIG_FILE
+
+log = logging.getLogger(__name__)
 
 
 def run_dir_of(path: str | Path) -> Path | None:
@@ -69,3 +83,40 @@ def training_dataset(path: str | Path, dataset: str | None = None) -> EpisodeDat
     if not dataset:
         raise DtrlError(f"{path} records no training config, so its dataset is unknown: pass --dataset PATH")
     return open_dataset(dataset)
+
+
+def prepare_run(config: TrainConfig, resume: bool, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """Create the run directory, or on resume reload its config. ``overrides``: on resume, the keys given
+    explicitly (config file, environment, command line), applied where safe and refused otherwise
+    (:func:`dtrl.config.resumed_config`)."""
+    run_dir = Path(config.out_dir)
+    saved = run_dir / RUN_CONFIG_FILE
+    # checkpoints whose train_state.pt is gone still hold a policy: neither resumed nor written over
+    policies = any((run_dir / CHECKPOINT_DIR).glob(f"step_*/{CONFIG_FILE}"))
+    if resume:
+        if not saved.is_file():
+            raise DtrlError(f"cannot resume: {run_dir} has no {RUN_CONFIG_FILE}; start the run without --resume")
+        if policies and latest_checkpoint(run_dir) is None:
+            raise DtrlError(
+                f"cannot resume {run_dir}: none of its checkpoints has {TRAIN_STATE_FILE} (the optimizer and "
+                "sampler state); evaluate or export them as they are, or train into a new out_dir"
+            )
+        config = resumed_config(read_saved_config(saved), overrides or {}, run_dir)
+        config.out_dir = str(run_dir)
+    else:
+        config.validate()
+        if policies:  # every complete checkpoint holds a config.json too
+            raise DtrlError(
+                f"{run_dir} already holds checkpoints: pass --resume to continue it, or choose another out_dir"
+            )
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise write_error(run_dir, e) or DtrlError(
+            f"cannot create run directory {run_dir} ({e.strerror}): choose another out_dir"
+        ) from None
+    if resume and (removed := remove_partial_writes(run_dir)):
+        log.info("removed what interrupted writes left in %s: %s", run_dir, ", ".join(removed))
+    atomic_write(saved, lambda f: f.write(yaml.safe_dump(to_dict(config), sort_keys=False).encode()))
+    write_run_info(run_dir)
+    return config

@@ -62,7 +62,7 @@ def _train_stacked(cfg, seeds: str, resume: bool, overrides: dict) -> None:
     """``dtrl train --seeds``: every seed's run in one process, then each one's checkpoint and evaluation."""
     from functools import partial
 
-    from dtrl.stacked import parse_seeds, train_stacked
+    from dtrl.train.stacked import parse_seeds, train_stacked
 
     results = train_with_progress(cfg, resume, overrides, train=partial(train_stacked, seeds=parse_seeds(seeds)))
     for result in results:
@@ -240,7 +240,7 @@ def finetune(
 ) -> None:
     """Fine-tune a stochastic-policy DT online in the simulator (Online Decision Transformer)."""
     from dtrl.runs import training_dataset
-    from dtrl.finetune import finetune as run_finetune
+    from dtrl.train.finetune import finetune as run_finetune
 
     config = FinetuneConfig(
         env=env or "",

@@ -23,8 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dtrl.data.sampler import Batch
-from dtrl.distributed import Dist, unwrap
+from dtrl.distributed import unwrap
 
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
 """Range of the predicted log standard deviation (ODT's bounds)."""
@@ -90,26 +89,6 @@ def network_parameters(model: nn.Module) -> Iterator[nn.Parameter]:
 def temperature(model: nn.Module) -> torch.Tensor:
     """α = exp(log_temperature) of a stochastic model."""
     return getattr(unwrap(model), TEMPERATURE).exp()
-
-
-def stochastic_action_loss(model: nn.Module, batch: Batch, dist: Dist = Dist()) -> torch.Tensor:
-    """:func:`per_step_loss` averaged over real steps.
-
-    Under DDP the per-step mean is the union batch's, as in :func:`dtrl.train.action_loss`.
-    """
-    net = unwrap(model)
-    mean, log_std = model(
-        batch.returns_to_go, batch.states, batch.actions, batch.timesteps, batch.mask, distribution=True
-    )
-    mean, log_std = mean[batch.mask].float(), log_std[batch.mask].float()
-    per_step = per_step_loss(mean, log_std, batch.actions[batch.mask], temperature(net), net.config.action_dim)
-    if not dist.enabled:
-        return per_step.mean()
-    total = per_step.sum()
-    sums = torch.stack([total.detach().double(), total.new_tensor(per_step.numel(), dtype=torch.float64)])
-    global_sum, global_count = dist.all_reduce_sum(sums).tolist()
-    share = total * (dist.world_size / global_count)
-    return share + (global_sum / global_count - share.detach())
 
 
 def init_log_temperature(init_temperature: float) -> nn.Parameter:

@@ -47,11 +47,13 @@ from dtrl.envs import check_env_id
 from dtrl.errors import DtrlError
 from dtrl.evaluate import EpisodeRecorder, EvalResult, evaluate, rollout
 from dtrl.models import DecisionTransformer
-from dtrl.models.gaussian import stochastic_action_loss, temperature
+from dtrl.train.step import stochastic_action_loss
+from dtrl.models.gaussian import temperature
 from dtrl.policy import DecisionTransformerPolicy, pick_device
 from dtrl.runs import training_config
 from dtrl.tracking import write_run_info
-from dtrl.train import Diverged, MetricsLogger, build_optimizer, train_step
+from dtrl.train.step import Diverged, build_optimizer, train_step
+from dtrl.train.logger import MetricsLogger
 
 FINETUNE_CONFIG_FILE = "finetune.yaml"
 REPORT_FILE = "finetune.json"

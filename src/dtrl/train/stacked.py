@@ -36,48 +36,40 @@ that every seed has a complete checkpoint of, bit-exactly.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import logging
 import math
-import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import nn
-from torch.func import functional_call, stack_module_state, vmap
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from dtrl import distributed
-from dtrl.runfiles import CHECKPOINT_DIR, CONFIG_FILE, TRAIN_STATE_FILE, WEIGHTS_FILE
-from dtrl.checkpoint import load_policy_files, load_train_state, save_checkpoint
+from dtrl.runfiles import CHECKPOINT_DIR
+from dtrl.checkpoint import complete_checkpoints, load_policy_files, load_train_state, prune_checkpoints, save_checkpoint
 from dtrl.config import TrainConfig, to_dict
 from dtrl.data.sampler import Batch, SegmentSampler
-from dtrl.distributed import Dist
 from dtrl.errors import DiskError, DtrlError
 from dtrl.evaluate import EvalResult
 from dtrl.fields import SEED_MAX
 from dtrl.models import build_model
-from dtrl.models.gaussian import network_parameters, per_step_loss
-from dtrl.models.mlp_bc import loss_mask
 from dtrl.policy import pick_device
-from dtrl.train import (
-    Diverged,
-    MetricsLogger,
-    RunData,
-    TrainResult,
-    batch_statistics,
-    build_optimizer,
-    evaluate_and_log,
-    last_good_checkpoint,
-    prepare_run,
-    rng_state,
-    train_step,
-    write_eval_report,
+from dtrl.train.step import Diverged, build_optimizer
+from dtrl.train.logger import MetricsLogger
+from dtrl.train.run import RunData, TrainResult, evaluate_and_log, rng_state, write_eval_report
+from dtrl.train.schedule import Schedule, diverged, stopped, train_metrics
+from dtrl.runs import prepare_run
+from dtrl.train.stacking import (
+    load_seed_state_dicts,
+    seed_batch,
+    seed_optimizer_state,
+    seed_state_dict,
+    stack_batches,
+    stack_models,
+    stack_optimizer_states,
+    stacked_train_step,
 )
 
 log = logging.getLogger(__name__)
@@ -123,163 +115,16 @@ def dropout_seed(seeds: Sequence[int]) -> int:
     return int(np.random.SeedSequence([s % 2**64 for s in seeds]).generate_state(1, np.uint64)[0] >> 1)
 
 
-# ----------------------------------------------------------------------------- stacked models
-def stack_models(models: Sequence[nn.Module]) -> nn.Module:
-    """A copy of ``models[0]`` whose parameters and buffers are all models' stacked along a new first dimension.
-
-    It keeps a single model's parameter names, so :func:`dtrl.train.build_optimizer`,
-    ``network_parameters`` and state dicts work on it unchanged; slice ``i`` of
-    every tensor is model ``i``. Run it with :func:`stacked_forward`.
-    """
-    params, buffers = stack_module_state(list(models))
-    stacked = copy.deepcopy(models[0])
-    for name, value in {**params, **buffers}.items():
-        owner, _, leaf = name.rpartition(".")
-        tensor = nn.Parameter(value.detach()) if name in params else value
-        setattr(stacked.get_submodule(owner), leaf, tensor)
-    return stacked
-
-
-def seed_state_dict(stacked: nn.Module, index: int) -> dict[str, torch.Tensor]:
-    """Model ``index``'s weights as a single model's state dict (copies, not views into the stack)."""
-    return {k: v[index].clone() for k, v in stacked.state_dict().items()}
-
-
-def load_seed_state_dicts(stacked: nn.Module, states: Sequence[dict[str, torch.Tensor]]) -> None:
-    stacked.load_state_dict({k: torch.stack([s[k] for s in states]) for k in states[0]})
-
-
-def seed_optimizer_state(state: dict[str, Any], index: int) -> dict[str, Any]:
-    """Seed ``index``'s share of the stacked AdamW's state dict, in a single model's format.
-
-    AdamW's moments are elementwise, so they are slices; the step count is
-    shared. A plain run can load the result (``dtrl train --resume`` on one
-    seed's directory continues that seed alone).
-    """
-    per_param = {
-        k: {name: t.clone() if name == "step" else t[index].clone() for name, t in entry.items()}
-        for k, entry in state["state"].items()
-    }
-    return {"state": per_param, "param_groups": copy.deepcopy(state["param_groups"])}
-
-
-def stack_optimizer_states(states: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """The inverse of :func:`seed_optimizer_state`: per-seed AdamW states -> the stacked AdamW's."""
-    first = states[0]
-    per_param = {
-        k: {
-            name: t if name == "step" else torch.stack([s["state"][k][name] for s in states])
-            for name, t in entry.items()
-        }
-        for k, entry in first["state"].items()
-    }
-    return {"state": per_param, "param_groups": first["param_groups"]}
-
-
-def stack_batches(batches: Sequence[Batch]) -> Batch:
-    """N batches -> one whose tensors have a leading seed dimension."""
-    fields = [f.name for f in dataclasses.fields(Batch)]
-    return Batch(**{name: torch.stack([getattr(b, name) for b in batches]) for name in fields})
-
-
-def seed_batch(batch: Batch, index: int) -> Batch:
-    fields = [f.name for f in dataclasses.fields(Batch)]
-    return Batch(**{name: getattr(batch, name)[index] for name in fields})
-
-
-def stacked_forward(stacked: nn.Module, batch: Batch, **kwargs: Any) -> Any:
-    """Every seed's model on its own slice of a stacked batch: the model's forward, vmapped over seeds.
-
-    ``kwargs`` go to the model's forward (``distribution=True``). Attention is
-    restricted to the math kernel, which vmap batches (see the module docstring).
-    """
-    state = {**dict(stacked.named_parameters()), **dict(stacked.named_buffers())}
-
-    def one(state: dict[str, torch.Tensor], *inputs: torch.Tensor) -> Any:
-        return functional_call(stacked, state, inputs, kwargs)
-
-    inputs = (batch.returns_to_go, batch.states, batch.actions, batch.timesteps, batch.mask)
-    with sdpa_kernel(SDPBackend.MATH):
-        return vmap(one, randomness="different")(state, *inputs)
-
-
-def stacked_action_loss(stacked: nn.Module, batch: Batch, dist: Dist = Dist()) -> torch.Tensor:
-    """Each seed's :func:`dtrl.train.action_loss` on its slice of a stacked batch: an (N,) vector.
-
-    Means over real steps are written as masked sums, which vmap and stacking
-    allow, instead of boolean indexing; the values are the same up to rounding.
-    """
-    if dist.enabled:
-        raise DtrlError("stacked seeds train in one process: start dtrl train --seeds without torchrun")
-    config = stacked.config
-    mask = loss_mask(config, batch.mask)
-    if config.stochastic_policy:
-        per_step = _stochastic_per_step(stacked, batch)
-    else:
-        pred = stacked_forward(stacked, batch).float()
-        if config.discrete:
-            flat = F.cross_entropy(pred.flatten(0, 2), batch.actions.flatten(), reduction="none")
-            per_step = flat.view(mask.shape)
-        else:
-            per_step = (pred - batch.actions).square().mean(-1)
-    return torch.where(mask, per_step, 0.0).sum((1, 2)) / mask.sum((1, 2))
-
-
-def _stochastic_per_step(stacked: nn.Module, batch: Batch) -> torch.Tensor:
-    """Online DT's per-step loss (:func:`dtrl.models.gaussian.per_step_loss`), each seed with its own temperature."""
-    mean, log_std = stacked_forward(stacked, batch, distribution=True)
-    alpha = stacked.log_temperature.exp().view(-1, 1, 1)
-    return per_step_loss(mean.float(), log_std.float(), batch.actions, alpha, stacked.config.action_dim)
-
-
-def clip_per_seed(stacked: nn.Module, max_norm: float) -> torch.Tensor:
-    """Clip each seed's gradient to ``max_norm`` by its own global norm; return the (N,) norms before clipping.
-
-    The same arithmetic as ``torch.nn.utils.clip_grad_norm_`` on one model,
-    per slice: a diverging or large-gradient seed never shrinks the others' steps.
-    """
-    grads = [p.grad for p in network_parameters(stacked) if p.grad is not None]
-    per_param = torch.stack([torch.linalg.vector_norm(g.reshape(len(g), -1), dim=1) for g in grads])
-    norms = torch.linalg.vector_norm(per_param, dim=0)
-    scale = (max_norm / (norms + 1e-6)).clamp(max=1.0)
-    for g in grads:
-        g.mul_(scale.view(-1, *[1] * (g.ndim - 1)))
-    return norms
-
-
-def stacked_train_step(
-    stacked: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    batch: Batch,
-    config: TrainConfig,
-) -> tuple[list[float], torch.Tensor]:
-    """:func:`dtrl.train.train_step` for a stack: per-seed losses and per-seed clipping."""
-    return train_step(
-        stacked, optimizer, scheduler, batch, config, loss_fn=stacked_action_loss, clip_fn=clip_per_seed
-    )
-
-
 # ----------------------------------------------------------------------------- checkpoints
 def _complete_steps(run_dir: Path) -> set[int]:
-    """The steps of a run's checkpoints that hold every file (what a resume may load)."""
-    files = (CONFIG_FILE, WEIGHTS_FILE, TRAIN_STATE_FILE)
-    steps = set()
-    for path in (run_dir / CHECKPOINT_DIR).glob("step_*"):
-        if path.is_dir() and all((path / f).is_file() for f in files):
-            steps.add(int(path.name.split("_")[1]))
-    return steps
+    """The steps of a run's complete checkpoints (what a resume may load)."""
+    return {int(path.name.split("_")[1]) for path in complete_checkpoints(run_dir)}
 
 
 def common_checkpoint_step(run_dirs: Sequence[Path]) -> int | None:
     """The newest step every run has a complete checkpoint of (a kill between seeds' saves leaves some ahead)."""
     common = set.intersection(*(_complete_steps(d) for d in run_dirs))
     return max(common) if common else None
-
-
-def _prune(run_dir: Path, keep: int) -> None:
-    for old in sorted(p for p in (run_dir / CHECKPOINT_DIR).glob("step_*") if p.is_dir())[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 # ----------------------------------------------------------------------------- training
@@ -380,7 +225,7 @@ class StackedRun:
             weights = seed_state_dict(self.stacked, i)
             paths.append(save_checkpoint(run.run_dir, self.step, spec, weights, state, self.config.keep_checkpoints + 1))
         for run in self.runs:
-            _prune(run.run_dir, self.config.keep_checkpoints)
+            prune_checkpoints(run.run_dir, self.config.keep_checkpoints)
         return paths
 
     def evaluate(self, index: int) -> list[EvalResult]:
@@ -395,11 +240,9 @@ class StackedRun:
         bad = [i for i, (loss, norm) in enumerate(zip(error.loss, error.grad_norm))
                if not (math.isfinite(loss) and math.isfinite(norm))]
         i = bad[0]
-        return DtrlError(
-            f"training diverged at step {self.step + 1} for seed {', '.join(str(self.seeds[j]) for j in bad)}: "
-            f"loss={error.loss[i]}, grad_norm={error.grad_norm[i]}; batch of seed {self.seeds[i]}: "
-            f"{batch_statistics(seed_batch(batch, i))}; {last_good_checkpoint(self.runs[i].run_dir)}: "
-            "lower learning_rate or check the data"
+        return diverged(
+            self.step, error.loss[i], error.grad_norm[i], seed_batch(batch, i), self.runs[i].run_dir,
+            who=f" for seed {', '.join(str(self.seeds[j]) for j in bad)}", batch_of=f"batch of seed {self.seeds[i]}",
         )
 
 
@@ -441,6 +284,7 @@ def train_stacked(
     results = [TrainResult(r.run_dir, r.run_dir) for r in run.runs]
     for r in run.runs:
         r.logger = MetricsLogger(r.run_dir, start_step=run.step)
+    schedule = Schedule(config, run.data.env_id)
     tick = time.perf_counter()
     try:
         while run.step < config.steps:
@@ -452,29 +296,29 @@ def train_stacked(
             run.step += 1
             for r, loss in zip(run.runs, losses):
                 r.window.append(loss)
-            if run.step % config.log_every == 0 or run.step == config.steps:
+            if schedule.logs(run.step):
                 now = time.perf_counter()
                 _log_training(run, results, norms, now - tick)
                 tick = now
             if on_step:
                 on_step(run.step, float(np.mean(losses)))
-            if run.step % config.checkpoint_every == 0 or run.step == config.steps:
+            if schedule.checkpoints(run.step):
                 for result, path in zip(results, run.checkpoint()):
                     result.checkpoint = path
-            if run.data.env_id and config.eval_every and run.step % config.eval_every == 0 and run.step != config.steps:
+            if schedule.evaluates(run.step):
                 for i in range(len(run.runs)):
                     run.evaluate(i)
         if results[0].checkpoint == results[0].run_dir:  # resumed a finished stack: nothing new was written
             existing = [r.run_dir / CHECKPOINT_DIR / f"step_{run.step:08d}" for r in run.runs]
             for result, path in zip(results, existing if all(p.is_dir() for p in existing) else run.checkpoint()):
                 result.checkpoint = path
-        if run.data.env_id and config.eval_episodes:
+        if schedule.final_evaluation:
             for i, result in enumerate(results):
                 result.eval_results = run.evaluate(i)
                 write_eval_report(result.run_dir, result.eval_results)
     except DiskError as e:
-        raise DiskError(
-            e.path, e.reason,
+        raise stopped(
+            e,
             f"training stopped at step {run.step}; continue the stack with --resume once disk space or "
             "permissions are fixed (it restarts from the newest step every seed has a checkpoint of)",
         ) from None
@@ -490,15 +334,8 @@ def _log_training(run: StackedRun, results: list[TrainResult], norms: torch.Tens
     norms_list = norms.tolist()
     temperatures = run.stacked.log_temperature.exp().tolist() if run.data.model_config.stochastic_policy else None
     for i, (r, result) in enumerate(zip(run.runs, results)):
-        mean_loss = float(np.mean(r.window))
-        metrics = {
-            "train/loss": mean_loss,
-            "train/learning_rate": run.scheduler.get_last_lr()[0],
-            "train/grad_norm": norms_list[i],
-            "train/steps_per_second": len(r.window) / seconds,
-        }
-        if temperatures is not None:
-            metrics["train/temperature"] = temperatures[i]
+        alpha = temperatures[i] if temperatures is not None else None
+        metrics = train_metrics(r.window, run.scheduler.get_last_lr()[0], norms_list[i], seconds, alpha)
         r.logger.log(run.step, metrics)
-        result.losses.append((run.step, mean_loss))
+        result.losses.append((run.step, metrics["train/loss"]))
         r.window = []
