@@ -67,7 +67,8 @@ from dtrl.checkpoint import PolicySpec  # noqa: E402
 from dtrl.config import TrainConfig  # noqa: E402
 from dtrl.data.episodes import EpisodeDataset, space_to_dict  # noqa: E402
 from dtrl.io import atomic_write  # noqa: E402
-from dtrl.data.sampler import Normalizer, SegmentSampler  # noqa: E402
+from dtrl.data.normalizer import Normalizer  # noqa: E402
+from dtrl.data.sampler import SegmentSampler  # noqa: E402
 from dtrl.models import DecisionTransformer  # noqa: E402
 from dtrl.models.decoding import new_cache  # noqa: E402
 from dtrl.policy import DecisionTransformerPolicy  # noqa: E402

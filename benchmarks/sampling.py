@@ -42,7 +42,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import drop_page_cache, save  # noqa: E402
 
 from dtrl.data import Episode, EpisodeDataset  # noqa: E402
-from dtrl.data.sampler import Normalizer, SegmentSampler, will_read  # noqa: E402
+from dtrl.data.normalizer import Normalizer  # noqa: E402
+from dtrl.data.sampler import SegmentSampler, will_read  # noqa: E402
 from dtrl.data.store import StoreWriter, open_store  # noqa: E402
 
 SEED = 0

@@ -13,7 +13,7 @@ from dtrl.checkpoint import PolicySpec
 from dtrl.config import ModelConfig
 from dtrl.data import Episode, EpisodeDataset
 from dtrl.data.episodes import space_to_dict
-from dtrl.data.sampler import Normalizer
+from dtrl.data.normalizer import Normalizer
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

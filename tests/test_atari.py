@@ -18,7 +18,8 @@ from dtrl.config import ModelConfig
 from dtrl.data.dqn_replay import checkpoint_numbers, read_checkpoint, read_dqn_replay, write_checkpoint
 from dtrl.data.episodes import EpisodeDataset
 from dtrl.data.readers import open_dataset as load_dataset
-from dtrl.data.sampler import Normalizer, SegmentSampler
+from dtrl.data.normalizer import Normalizer
+from dtrl.data.sampler import SegmentSampler
 from dtrl.errors import DtrlError
 from dtrl.models import DecisionTransformer
 from dtrl.models.encoders import NatureCNN

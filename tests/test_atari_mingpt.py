@@ -23,7 +23,8 @@ from torch import nn
 
 from dtrl.config import ModelConfig, load_config
 from dtrl.data.episodes import EpisodeDataset
-from dtrl.data.sampler import Normalizer, SegmentSampler
+from dtrl.data.normalizer import Normalizer
+from dtrl.data.sampler import SegmentSampler
 from dtrl.models import DecisionTransformer
 from dtrl.policy import DecisionTransformerPolicy
 from dtrl.train import train

@@ -13,7 +13,8 @@ from torch import nn
 import dtrl
 from dtrl.config import ModelConfig, load_config
 from dtrl.data import Episode, EpisodeDataset
-from dtrl.data.sampler import Normalizer, SegmentSampler
+from dtrl.data.normalizer import Normalizer
+from dtrl.data.sampler import SegmentSampler
 from dtrl.errors import DtrlError
 from dtrl.export import TORCHSCRIPT_FILE, export
 from dtrl.models import MLPBehaviourCloning, build_model

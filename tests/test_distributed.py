@@ -17,7 +17,8 @@ from dtrl.runfiles import CHECKPOINT_DIR, LATEST_FILE
 from dtrl.checkpoint import load_policy_files, load_train_state
 from dtrl.config import TrainConfig, load_config
 from dtrl.data import EpisodeDataset
-from dtrl.data.sampler import Batch, Normalizer, SegmentSampler
+from dtrl.data.sampler import Batch, SegmentSampler
+from dtrl.data.normalizer import Normalizer
 from dtrl.distributed import from_env, rank_seed, resume_seed
 from dtrl.errors import DtrlError
 from dtrl.models import DecisionTransformer

@@ -13,7 +13,8 @@ from conftest import pendulum_spec
 from dtrl.checkpoint import PolicySpec
 from dtrl.config import ModelConfig, TrainConfig
 from dtrl.data.episodes import space_to_dict
-from dtrl.data.sampler import Normalizer, SegmentSampler
+from dtrl.data.normalizer import Normalizer
+from dtrl.data.sampler import SegmentSampler
 from dtrl.models import DecisionTransformer
 from dtrl.policy import DecisionTransformerPolicy
 from dtrl.train.step import CompiledForward, build_optimizer, train_step

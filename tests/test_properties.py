@@ -19,7 +19,8 @@ import torch
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from dtrl.data import EpisodeDataset, open_dataset as load_dataset, read_d4rl
-from dtrl.data.sampler import Normalizer, SegmentSampler
+from dtrl.data.normalizer import Normalizer
+from dtrl.data.sampler import SegmentSampler
 from dtrl.data.store import open_store, write_store
 
 PROPERTY_SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])

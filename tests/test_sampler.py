@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from dtrl.data import Episode, EpisodeDataset
-from dtrl.data.sampler import Normalizer, SegmentSampler, returns_to_go
+from dtrl.data.normalizer import Normalizer
+from dtrl.data.sampler import SegmentSampler, returns_to_go
 
 
 def _dataset(lengths: list[int], seed: int = 0) -> EpisodeDataset:

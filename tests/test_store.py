@@ -14,7 +14,8 @@ import torch
 from dtrl.checkpoint import load_policy_files
 from dtrl.config import load_config
 from dtrl.data import Episode, EpisodeDataset, open_dataset as load_dataset
-from dtrl.data.sampler import Normalizer, SegmentSampler
+from dtrl.data.normalizer import Normalizer
+from dtrl.data.sampler import SegmentSampler
 from dtrl.data.store import StoredEpisodeDataset, StoreWriter, is_store, open_store, write_store
 from dtrl.errors import DtrlError
 from dtrl.train import train

@@ -18,7 +18,7 @@ from dtrl.runfiles import BEST_FILE, CHECKPOINT_DIR
 from dtrl.checkpoint import latest_checkpoint, mark_best, read_best, save_checkpoint
 from dtrl.config import load_config
 from dtrl.data import EpisodeDataset
-from dtrl.data.sampler import Normalizer
+from dtrl.data.normalizer import Normalizer
 from dtrl.errors import DtrlError
 from dtrl.models import DecisionTransformer
 from dtrl.plot import plot_runs

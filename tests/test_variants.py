@@ -20,7 +20,8 @@ from dtrl.checkpoint import PolicySpec, load_policy_files, write_policy
 from dtrl.config import FinetuneConfig, ModelConfig, load_config
 from dtrl.data import Episode, EpisodeDataset
 from dtrl.data.episodes import space_to_dict
-from dtrl.data.sampler import Batch, Normalizer, SegmentSampler
+from dtrl.data.sampler import Batch, SegmentSampler
+from dtrl.data.normalizer import Normalizer
 from dtrl.errors import DtrlError
 from dtrl.evaluate import EpisodeRecorder, rollout
 from dtrl.train.finetune import TrajectoryBuffer, collect, finetune

@@ -23,6 +23,7 @@ from torch import nn
 from dtrl import __version__
 from dtrl.checkpoint import PolicySpec, load_policy_files, write_policy
 from dtrl.io import atomic_write
+from dtrl.data.normalizer import env_actions, model_actions, normalized_states
 from dtrl.errors import DtrlError
 from dtrl.hf import STATE_STATS_FILE, export_transformers
 from dtrl.models import DecisionTransformer
@@ -61,7 +62,7 @@ class WindowPolicy(nn.Module):
         self.register_buffer("recent", torch.arange(K) >= K - (spec.model.eval_context_length or K))
         self.register_buffer("state_mean", torch.tensor(norm["state_mean"], dtype=torch.float32))
         self.register_buffer("state_std", torch.tensor(norm["state_std"], dtype=torch.float32))
-        # unbounded boxes and discrete actions pass through, as in Normalizer
+        # unbounded boxes and discrete actions pass through, as in dtrl.data.normalizer.Normalizer
         self.register_buffer("action_low", torch.tensor(norm["action_low"] if self.bounded else [0.0]))
         self.register_buffer("action_high", torch.tensor(norm["action_high"] if self.bounded else [0.0]))
 
@@ -73,23 +74,21 @@ class WindowPolicy(nn.Module):
         timesteps: torch.Tensor,
         mask: torch.Tensor,
     ) -> torch.Tensor:
-        states = (observations.flatten(2) - self.state_mean) / self.state_std
+        states = normalized_states(observations.flatten(2), self.state_mean, self.state_std)
         if self.discrete:
             past = (actions - self.action_start).clamp(min=0)
-            model_actions = torch.cat([past[:, :-1], torch.zeros_like(past[:, -1:])], dim=1)
+            taken = torch.cat([past[:, :-1], torch.zeros_like(past[:, -1:])], dim=1)
         else:
             past = actions.flatten(2)
             if self.bounded:
-                span = self.action_high - self.action_low
-                span = torch.where(span > 0, span, torch.ones_like(span))  # constant dimensions, as in Normalizer
-                past = (2.0 * (past - self.action_low) / span - 1.0).clamp(-1.0, 1.0)
-            model_actions = torch.cat([past[:, :-1], torch.zeros_like(past[:, -1:])], dim=1)
+                past = model_actions(past, self.action_low, self.action_high)
+            taken = torch.cat([past[:, :-1], torch.zeros_like(past[:, -1:])], dim=1)
         mask = mask & self.recent
-        pred = self.model(returns_to_go / self.reward_scale, states, model_actions, timesteps, mask)[:, -1]
+        pred = self.model(returns_to_go / self.reward_scale, states, taken, timesteps, mask)[:, -1]
         if self.discrete:
             return pred.argmax(dim=-1) + self.action_start
         if self.bounded:
-            pred = self.action_low + (pred + 1.0) * 0.5 * (self.action_high - self.action_low)
+            pred = env_actions(pred, self.action_low, self.action_high)
             return torch.minimum(torch.maximum(pred, self.action_low), self.action_high)
         return pred
 

@@ -22,7 +22,7 @@ import torch
 
 from dtrl.checkpoint import PolicySpec, load_policy_files
 from dtrl.data.episodes import space_from_dict
-from dtrl.data.sampler import Normalizer
+from dtrl.data.normalizer import Normalizer
 from dtrl.envs import check_fits
 from dtrl.errors import DtrlError
 from dtrl.fields import check_device

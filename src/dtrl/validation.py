@@ -23,7 +23,8 @@ import torch.nn.functional as F
 
 from dtrl.data.episodes import EpisodeDataset
 from dtrl.io import write_json
-from dtrl.data.sampler import Normalizer, SegmentSampler
+from dtrl.data.normalizer import Normalizer
+from dtrl.data.sampler import SegmentSampler
 from dtrl.envs import check_fits
 from dtrl.errors import DtrlError
 

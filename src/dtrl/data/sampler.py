@@ -30,62 +30,8 @@ import torch
 
 from dtrl.envs.atari import stack_frames
 from dtrl.data.episodes import EpisodeDataset, returns_to_go
+from dtrl.data.normalizer import Normalizer, normalized_states
 from dtrl.errors import DtrlError
-
-
-@dataclass
-class Normalizer:
-    """State statistics and the action box: the data transforms a policy must repeat at inference."""
-
-    state_mean: np.ndarray
-    state_std: np.ndarray
-    action_low: np.ndarray | None = None
-    action_high: np.ndarray | None = None
-
-    @classmethod
-    def from_dataset(cls, dataset: EpisodeDataset) -> "Normalizer":
-        if dataset.frame_stack:  # uint8 pixels pass unchanged: the model's encoder scales them
-            mean, std = np.zeros(1, np.float32), np.ones(1, np.float32)
-        else:
-            mean, std = dataset.state_statistics()
-        low = high = None
-        space = dataset.action_space
-        if isinstance(space, gym.spaces.Box) and np.all(np.isfinite(space.low)) and np.all(np.isfinite(space.high)):
-            low, high = space.low.astype(np.float32).reshape(-1), space.high.astype(np.float32).reshape(-1)
-        return cls(mean, std, low, high)
-
-    def states(self, obs: np.ndarray) -> np.ndarray:
-        flat = obs.reshape(obs.shape[0], -1).astype(np.float32)
-        return (flat - self.state_mean) / self.state_std
-
-    def actions_to_model(self, actions: np.ndarray) -> np.ndarray:
-        """Env actions -> [-1, 1] (bounded boxes); unbounded or discrete actions pass through."""
-        if self.action_low is None:
-            return actions
-        a = actions.reshape(actions.shape[0], -1).astype(np.float32)
-        span = self.action_high - self.action_low
-        span = np.where(span > 0, span, 1.0)  # a dimension with low == high (a constant action) maps to -1, not NaN
-        return np.clip(2.0 * (a - self.action_low) / span - 1.0, -1.0, 1.0)
-
-    def actions_to_env(self, actions: np.ndarray) -> np.ndarray:
-        if self.action_low is None:
-            return actions
-        return self.action_low + (actions + 1.0) * 0.5 * (self.action_high - self.action_low)
-
-    def to_dict(self) -> dict[str, list[float] | None]:
-        return {
-            "state_mean": self.state_mean.tolist(),
-            "state_std": self.state_std.tolist(),
-            "action_low": None if self.action_low is None else self.action_low.tolist(),
-            "action_high": None if self.action_high is None else self.action_high.tolist(),
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "Normalizer":
-        def arr(key: str) -> np.ndarray | None:
-            return None if d.get(key) is None else np.asarray(d[key], dtype=np.float32)
-
-        return cls(arr("state_mean"), arr("state_std"), arr("action_low"), arr("action_high"))
 
 
 @dataclass
@@ -225,7 +171,7 @@ class SegmentSampler:
         data = self._dataset
         will_read((data.observations, data.actions, self._returns_to_go), index[:, 0].numpy(), K)
         obs = torch.from_numpy(np.ascontiguousarray(data.observations[rows]).reshape(B * K, -1)).to(self.device)
-        states = obs.float().sub_(self._state_mean).div_(self._state_std).reshape(B, K, -1)
+        states = normalized_states(obs.float(), self._state_mean, self._state_std).reshape(B, K, -1)
         if self._discrete:
             actions = data.actions[rows].astype(np.int64).reshape(B, K)
         else:

@@ -42,7 +42,8 @@ from dtrl.checkpoint import (
 from dtrl.config import FinetuneConfig, TrainConfig
 from dtrl.data.episodes import Episode, EpisodeDataset, space_from_dict
 from dtrl.io import atomic_write, write_json
-from dtrl.data.sampler import Normalizer, SegmentSampler
+from dtrl.data.normalizer import Normalizer
+from dtrl.data.sampler import SegmentSampler
 from dtrl.envs import check_env_id
 from dtrl.errors import DtrlError
 from dtrl.evaluate import EpisodeRecorder, EvalResult, evaluate, rollout

@@ -23,7 +23,8 @@ from dtrl.config import ModelConfig, TrainConfig, to_dict
 from dtrl.data.episodes import EpisodeDataset, space_to_dict
 from dtrl.io import write_json
 from dtrl.data.readers import open_dataset
-from dtrl.data.sampler import Normalizer, SegmentSampler
+from dtrl.data.normalizer import Normalizer
+from dtrl.data.sampler import SegmentSampler
 from dtrl.distributed import Dist
 from dtrl.envs import check_env_id
 from dtrl.errors import DtrlError
