@@ -65,7 +65,8 @@ from common import RESULTS, environment, save  # noqa: E402
 
 from dtrl.checkpoint import PolicySpec  # noqa: E402
 from dtrl.config import TrainConfig  # noqa: E402
-from dtrl.data.episodes import EpisodeDataset, space_to_dict  # noqa: E402
+from dtrl.data.episodes import EpisodeDataset  # noqa: E402
+from dtrl.data.spaces import space_to_dict  # noqa: E402
 from dtrl.io import atomic_write  # noqa: E402
 from dtrl.data.normalizer import Normalizer  # noqa: E402
 from dtrl.data.sampler import SegmentSampler  # noqa: E402

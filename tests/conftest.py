@@ -12,7 +12,7 @@ import torch
 from dtrl.checkpoint import PolicySpec
 from dtrl.config import ModelConfig
 from dtrl.data import Episode, EpisodeDataset
-from dtrl.data.episodes import space_to_dict
+from dtrl.data.spaces import space_to_dict
 from dtrl.data.normalizer import Normalizer
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

@@ -88,7 +88,7 @@ def test_decision_transformer_uses_the_cnn_for_image_observations():
 
 def test_policy_samples_discrete_actions_when_asked_as_the_paper_evaluates_atari():
     from dtrl.checkpoint import PolicySpec
-    from dtrl.data.episodes import space_to_dict
+    from dtrl.data.spaces import space_to_dict
     from dtrl.policy import DecisionTransformerPolicy
 
     torch.manual_seed(0)

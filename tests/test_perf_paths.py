@@ -12,7 +12,7 @@ import torch
 from conftest import pendulum_spec
 from dtrl.checkpoint import PolicySpec
 from dtrl.config import ModelConfig, TrainConfig
-from dtrl.data.episodes import space_to_dict
+from dtrl.data.spaces import space_to_dict
 from dtrl.data.normalizer import Normalizer
 from dtrl.data.sampler import SegmentSampler
 from dtrl.models import DecisionTransformer

@@ -9,7 +9,7 @@ import torch
 
 from dtrl.checkpoint import PolicySpec
 from dtrl.config import ModelConfig
-from dtrl.data.episodes import space_to_dict
+from dtrl.data.spaces import space_to_dict
 from dtrl.data.normalizer import Normalizer
 from dtrl.errors import DtrlError
 from dtrl.evaluate import evaluate, evaluate_random

@@ -20,7 +20,7 @@ import torch
 import dtrl
 from dtrl.checkpoint import PolicySpec, write_policy
 from dtrl.config import ModelConfig
-from dtrl.data.episodes import space_to_dict
+from dtrl.data.spaces import space_to_dict
 from dtrl.errors import DtrlError
 from dtrl.export import export
 from dtrl.hf import STATE_STATS_FILE

@@ -20,7 +20,7 @@ from conftest import tiny_overrides
 from dtrl import __version__, cli
 from dtrl.checkpoint import PolicySpec, write_policy
 from dtrl.config import ModelConfig, load_config
-from dtrl.data.episodes import space_to_dict
+from dtrl.data.spaces import space_to_dict
 from dtrl.data.normalizer import Normalizer
 from dtrl.errors import DtrlError
 from dtrl.models import DecisionTransformer

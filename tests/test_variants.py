@@ -19,7 +19,7 @@ from conftest import tiny_overrides
 from dtrl.checkpoint import PolicySpec, load_policy_files, write_policy
 from dtrl.config import FinetuneConfig, ModelConfig, load_config
 from dtrl.data import Episode, EpisodeDataset
-from dtrl.data.episodes import space_to_dict
+from dtrl.data.spaces import space_to_dict
 from dtrl.data.sampler import Batch, SegmentSampler
 from dtrl.data.normalizer import Normalizer
 from dtrl.errors import DtrlError

@@ -8,20 +8,31 @@
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 from dtrl.envs import key_to_door
 
 __version__ = "0.1.0"
-__all__ = ["load", "__version__"]
+
+# The public API by its short names, lazy so that `dtrl --version` and `import dtrl` do not pay for
+# importing torch. Issue 19 moved several modules; these names stay where users find them.
+_API = {
+    "load": "dtrl.policy",
+    "train_stacked": "dtrl.train.stacked",
+    "finetune": "dtrl.train.finetune",
+    "open_dataset": "dtrl.data.readers",
+    "EpisodeDataset": "dtrl.data.episodes",
+    "record_episodes": "dtrl.collect.recorder",
+    "collect_d4rl": "dtrl.collect.d4rl",
+    "KeyToDoorEnv": "dtrl.envs.key_to_door",
+}
+__all__ = ["__version__", *_API]
 
 key_to_door.register()  # gymnasium.make("dtrl/KeyToDoor-v0") works after `import dtrl`
 
 
 def __getattr__(name: str) -> Any:
-    # Lazy, so `dtrl --version` and `import dtrl` do not pay for importing torch.
-    if name == "load":
-        from dtrl.policy import load
-
-        return load
+    if name in _API:
+        return getattr(importlib.import_module(_API[name]), name)
     raise AttributeError(f"module 'dtrl' has no attribute {name!r}")

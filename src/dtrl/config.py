@@ -11,11 +11,7 @@ values are rejected with a message naming the key.
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
 import os
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -23,7 +19,7 @@ from typing import Any, Mapping
 import yaml
 
 from dtrl.errors import DtrlError
-from dtrl.fields import check_fields, check_memory
+from dtrl.fields import check_fields, check_memory, from_dict, to_dict
 from dtrl.runfiles import RUN_CONFIG_FIX
 from dtrl.io import read_yaml
 
@@ -246,83 +242,6 @@ class FinetuneConfig:
 
     def validate(self) -> None:
         check_fields(self)
-
-
-# --------------------------------------------------------------------------- building
-def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
-    """Build dataclass ``cls`` from a nested dict, checking every key and type."""
-    if not isinstance(data, dict):
-        section = prefix.rstrip(".")
-        raise DtrlError(
-            f"config section {section} must be a mapping of keys, got {data!r}: write e.g. {section}.KEY=VALUE"
-            if section
-            else f"the config must be a mapping of keys, got {data!r}: write KEY: VALUE lines"
-        )
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    kwargs = {}
-    for key, value in data.items():
-        if key not in names:
-            close = difflib.get_close_matches(key, names, n=1)
-            hint = f" (did you mean {prefix}{close[0]}?)" if close else f"; valid keys: {', '.join(names)}"
-            raise DtrlError(f"unknown config key '{prefix}{key}'{hint}")
-        kwargs[key] = _coerce(hints[key], value, f"{prefix}{key}")
-    return cls(**kwargs)
-
-
-def _coerce(tp: Any, value: Any, key: str) -> Any:
-    if dataclasses.is_dataclass(tp):
-        return from_dict(tp, value or {}, prefix=f"{key}.")
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        errors = []
-        for arg in typing.get_args(tp):
-            try:
-                return _coerce(arg, value, key)
-            except DtrlError as e:
-                errors.append(str(e))
-        raise DtrlError(errors[0])
-    if tp is type(None):
-        if value is None:
-            return None
-    elif origin in (list, tuple):
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            value = [value]
-        if not isinstance(value, (list, tuple)):
-            raise DtrlError(f"config key {key} expects a list, got {value!r}")
-        args = typing.get_args(tp)
-        if origin is tuple:
-            if len(args) != len(value):
-                raise DtrlError(f"config key {key} expects {len(args)} values, got {len(value)}")
-            return tuple(_coerce(a, v, key) for a, v in zip(args, value))
-        return [_coerce(args[0], v, key) for v in value]
-    elif tp is bool:
-        if isinstance(value, bool):
-            return value
-    elif tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-    elif tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads "3e-4" (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-    elif tp is str:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return str(value)
-    raise DtrlError(f"config key {key} expects {getattr(tp, '__name__', tp)}, got {value!r}")
-
-
-def to_dict(cfg: Any) -> dict[str, Any]:
-    d = dataclasses.asdict(cfg)
-    if "betas" in d:
-        d["betas"] = list(d["betas"])
-    return d
 
 
 def parse_overrides(overrides: list[str]) -> dict[str, Any]:

@@ -40,7 +40,8 @@ from safetensors.torch import load_file
 from dtrl.runfiles import CONFIG_FILE
 from dtrl.checkpoint import PolicySpec
 from dtrl.config import ModelConfig
-from dtrl.data.episodes import EpisodeDataset, space_to_dict
+from dtrl.data.episodes import EpisodeDataset
+from dtrl.data.spaces import space_to_dict
 from dtrl.io import write_json
 from dtrl.errors import DtrlError
 

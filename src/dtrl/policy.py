@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from dtrl.checkpoint import PolicySpec, load_policy_files
-from dtrl.data.episodes import space_from_dict
+from dtrl.data.spaces import space_from_dict
 from dtrl.data.normalizer import Normalizer
 from dtrl.envs import check_fits
 from dtrl.errors import DtrlError

@@ -12,7 +12,8 @@ import logging
 
 from dtrl.runfiles import CONFIG_FILE, TRAIN_STATE_FILE
 from dtrl.checkpoint import remove_partial_writes
-from dtrl.config import resumed_config, to_dict
+from dtrl.config import resumed_config
+from dtrl.fields import to_dict
 from dtrl.errors import write_error
 from dtrl.tracking import write_run_info
 

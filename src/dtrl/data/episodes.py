@@ -23,6 +23,7 @@ import gymnasium as gym
 import numpy as np
 
 from dtrl.errors import DtrlError
+from dtrl.data.spaces import infer_box, space_from_dict, space_to_dict
 from dtrl.io import atomic_write
 
 NATIVE_FORMAT_VERSION = 1
@@ -30,38 +31,6 @@ NATIVE_SUFFIX = ".npz"
 PER_STEP_ARRAYS = ("observations", "actions", "rewards", "terminations", "truncations")
 # Elements per chunk of the NaN/Inf check: its temporaries stay at a megabyte, not a fraction of the data.
 _FINITE_CHUNK = 1 << 20
-
-
-# --------------------------------------------------------------------------- spaces
-def space_to_dict(space: gym.Space) -> dict[str, Any]:
-    """A JSON-friendly description of a Box or Discrete space."""
-    if isinstance(space, gym.spaces.Box):
-        return {
-            "type": "box",
-            "shape": list(space.shape),
-            "dtype": str(space.dtype),
-            "low": space.low.tolist(),
-            "high": space.high.tolist(),
-        }
-    if isinstance(space, gym.spaces.Discrete):
-        return {"type": "discrete", "n": int(space.n), "start": int(space.start)}
-    raise DtrlError(
-        f"unsupported space {space}: dtrl handles Box and Discrete spaces; "
-        "flatten dict or tuple observations first (gymnasium.wrappers.FlattenObservation)"
-    )
-
-
-def space_from_dict(d: dict[str, Any]) -> gym.Space:
-    if d["type"] == "box":
-        return gym.spaces.Box(
-            low=np.asarray(d["low"], dtype=d["dtype"]),
-            high=np.asarray(d["high"], dtype=d["dtype"]),
-            shape=tuple(d["shape"]),
-            dtype=np.dtype(d["dtype"]),
-        )
-    if d["type"] == "discrete":
-        return gym.spaces.Discrete(d["n"], start=d.get("start", 0))
-    raise DtrlError(f"unknown space type {d['type']!r} in dataset metadata")
 
 
 def described_by(meta: dict[str, Any]) -> dict[str, Any]:
@@ -74,21 +43,6 @@ def described_by(meta: dict[str, Any]) -> dict[str, Any]:
         "ref_scores": meta.get("ref_scores", {}),
         "metadata": meta.get("metadata", {}),
     }
-
-
-def infer_box(values: np.ndarray, unit_if_within: bool = True) -> gym.spaces.Box:
-    """A Box space for data with no recorded space.
-
-    Actions that lie in [-1, 1] (D4RL's convention) get exactly that box;
-    anything else gets the data's own per-dimension range.
-    """
-    shape = values.shape[1:]
-    dtype = values.dtype if values.dtype.kind == "f" else np.float32
-    if unit_if_within and values.size and values.min() >= -1.0 and values.max() <= 1.0:  # no |x| copy
-        return gym.spaces.Box(-1.0, 1.0, shape=shape, dtype=dtype)
-    if not values.size:
-        return gym.spaces.Box(-np.inf, np.inf, shape=shape, dtype=dtype)
-    return gym.spaces.Box(values.min(axis=0), values.max(axis=0), shape=shape, dtype=dtype)
 
 
 # --------------------------------------------------------------------------- episode

@@ -20,7 +20,8 @@ import numpy as np
 
 from dtrl.data.cache import cached_dataset
 from dtrl.data.dqn_replay import is_dqn_replay, read_dqn_replay
-from dtrl.data.episodes import NATIVE_SUFFIX, Episode, EpisodeDataset, infer_box
+from dtrl.data.episodes import NATIVE_SUFFIX, Episode, EpisodeDataset
+from dtrl.data.spaces import infer_box
 from dtrl.data.store import is_store, open_store
 from dtrl.errors import DtrlError
 

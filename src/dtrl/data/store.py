@@ -30,7 +30,8 @@ from typing import Any, BinaryIO
 import gymnasium as gym
 import numpy as np
 
-from dtrl.data.episodes import Episode, EpisodeDataset, described_by, space_to_dict
+from dtrl.data.episodes import Episode, EpisodeDataset, described_by
+from dtrl.data.spaces import space_to_dict
 from dtrl.errors import DtrlError
 from dtrl.io import fsync_dir
 

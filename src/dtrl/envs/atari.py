@@ -13,14 +13,16 @@ environment is made (``pip install 'dtrl[atari]'``).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gymnasium as gym
 import numpy as np
-import torch
 
 from dtrl.envs.scores import env_family, normalized_score
 from dtrl.errors import DtrlError
+
+if TYPE_CHECKING:
+    import torch
 
 FRAME_STACK = 4
 FRAME_SIZE = 84
@@ -106,6 +108,8 @@ def stack_frames(frames: torch.Tensor, rows: torch.Tensor, timesteps: torch.Tens
     are zeros, as the environment's :class:`~gymnasium.wrappers.FrameStackObservation`
     gives them. Returns (*rows.shape, stack, H, W) in the frames' dtype.
     """
+    import torch  # here, not at the top: `import dtrl` registers envs without loading torch
+
     back = torch.arange(stack - 1, -1, -1, device=rows.device)  # oldest first
     index = rows.unsqueeze(-1) - back
     inside = timesteps.unsqueeze(-1) >= back

@@ -40,7 +40,8 @@ from dtrl.checkpoint import (
     save_checkpoint,
 )
 from dtrl.config import FinetuneConfig, TrainConfig
-from dtrl.data.episodes import Episode, EpisodeDataset, space_from_dict
+from dtrl.data.episodes import Episode, EpisodeDataset
+from dtrl.data.spaces import space_from_dict
 from dtrl.io import atomic_write, write_json
 from dtrl.data.normalizer import Normalizer
 from dtrl.data.sampler import SegmentSampler

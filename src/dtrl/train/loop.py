@@ -23,7 +23,8 @@ from dtrl.checkpoint import (
     mark_best,
     save_checkpoint,
 )
-from dtrl.config import TrainConfig, to_dict
+from dtrl.config import TrainConfig
+from dtrl.fields import to_dict
 from dtrl.data.sampler import SegmentSampler
 from dtrl.distributed import Dist
 from dtrl.errors import DiskError

@@ -19,8 +19,10 @@ from dtrl.checkpoint import (
     load_policy_files,
     load_train_state,
 )
-from dtrl.config import ModelConfig, TrainConfig, to_dict
-from dtrl.data.episodes import EpisodeDataset, space_to_dict
+from dtrl.config import ModelConfig, TrainConfig
+from dtrl.fields import to_dict
+from dtrl.data.episodes import EpisodeDataset
+from dtrl.data.spaces import space_to_dict
 from dtrl.io import write_json
 from dtrl.data.readers import open_dataset
 from dtrl.data.normalizer import Normalizer

@@ -49,7 +49,8 @@ import torch
 from dtrl import distributed
 from dtrl.runfiles import CHECKPOINT_DIR
 from dtrl.checkpoint import complete_checkpoints, load_policy_files, load_train_state, prune_checkpoints, save_checkpoint
-from dtrl.config import TrainConfig, to_dict
+from dtrl.config import TrainConfig
+from dtrl.fields import to_dict
 from dtrl.data.sampler import Batch, SegmentSampler
 from dtrl.errors import DiskError, DtrlError
 from dtrl.evaluate import EvalResult
