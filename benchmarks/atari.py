@@ -28,10 +28,10 @@ import numpy as np
 import torch
 from common import environment, save
 
-from dtrl.envs import atari
-from dtrl.config import load_config
 from dtrl.collect.atari import collect_atari
+from dtrl.config import load_config
 from dtrl.data.episodes import EpisodeDataset
+from dtrl.envs import atari
 from dtrl.evaluate import evaluate, evaluate_random
 from dtrl.policy import DecisionTransformerPolicy
 from dtrl.train import train

@@ -10,11 +10,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-import dtrl
 from dtrl.io import atomic_write
+from dtrl.tracking import package_versions
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -37,12 +36,7 @@ def environment() -> dict[str, Any]:
         "machine": f"{_cpu_model()}, {os.cpu_count()} logical CPUs, {platform.system()} {platform.release()}",
         "load_average_1_5_15min": [round(x, 2) for x in os.getloadavg()],
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
-        "versions": {
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "numpy": np.__version__,
-            "dtrl": dtrl.__version__,
-        },
+        "versions": {"python": platform.python_version(), **package_versions(("torch", "numpy", "dtrl"))},
     }
 
 

@@ -21,9 +21,9 @@ import gymnasium as gym
 import numpy as np
 
 from dtrl.data.episodes import EpisodeDataset
+from dtrl.envs import reference_scores
 from dtrl.errors import DtrlError
 from dtrl.evaluate import EvalResult, rollout
-from dtrl.envs import reference_scores
 
 PEERS = ("cql", "iql")
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from dtrl.data.cache import dataset_path, default_cache_dir
 from dtrl.collect.d4rl import D4RL_KINDS
+from dtrl.data.cache import dataset_path, default_cache_dir
 from dtrl.data.episodes import EpisodeDataset
 from dtrl.envs.scores import normalized_score
 

@@ -36,8 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import save  # noqa: E402
 
 from dtrl.config import ModelConfig  # noqa: E402
-from dtrl.models import DecisionTransformer  # noqa: E402
 from dtrl.data.readers import QUICKSTART_DATASET, open_dataset  # noqa: E402
+from dtrl.models import DecisionTransformer  # noqa: E402
 
 SEED = 0
 RUNS = {

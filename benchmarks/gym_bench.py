@@ -40,7 +40,7 @@ Every finished (method, dataset, seed, budget, steps[, online steps]) cell is on
 continues where it stopped (a cell cut short restarts from its beginning). A CSV written before the
 ``online_steps`` column existed is rewritten with it (empty) on the next run. ``--shard I/N`` runs every N-th cell, so N
 processes can share one GPU. ``--stack-seeds`` trains the missing seeds of each (method, dataset) of ``STACKABLE`` together
-in one process (``dtrl.stacked.train_stacked``: one run directory per seed, the same chunks, evaluations and rows as
+in one process (``dtrl.train.stacked.train_stacked``: one run directory per seed, the same chunks, evaluations and rows as
 separate runs; ``train_eval_s`` is the stack's time divided by its seeds; ``--shard`` then deals out whole stacks; the
 runs log names the stacked methods). With dropout 0 a stacked seed equals a separate run up to float rounding; with
 dropout (the default 0.1) its masks come from a stream shared by the stack, so it is an equally valid sample, not a
@@ -52,7 +52,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import importlib.metadata
 import io
 import json
 import shutil
@@ -72,14 +71,15 @@ import dtrl  # noqa: E402
 from dtrl.calibrate import calibrate  # noqa: E402
 from dtrl.config import FinetuneConfig, load_config  # noqa: E402
 from dtrl.data.episodes import EpisodeDataset  # noqa: E402
-from dtrl.io import append_line, atomic_write  # noqa: E402
+from dtrl.data.readers import open_dataset  # noqa: E402
 from dtrl.errors import DtrlError  # noqa: E402
 from dtrl.evaluate import EvalResult, evaluate  # noqa: E402
-from dtrl.train.finetune import finetune  # noqa: E402
+from dtrl.io import append_line, atomic_write  # noqa: E402
 from dtrl.plot import plot_seeds, save_figure  # noqa: E402
-from dtrl.train.stacked import train_stacked  # noqa: E402
-from dtrl.data.readers import open_dataset  # noqa: E402
+from dtrl.tracking import package_versions  # noqa: E402
 from dtrl.train import train  # noqa: E402
+from dtrl.train.finetune import finetune  # noqa: E402
+from dtrl.train.stacked import train_stacked  # noqa: E402
 
 METHODS = ("dt", "bc", "pbc", "tbc", "cql", "iql", "dc", "odt")
 DT_FAMILY = ("dt", "bc", "pbc", "tbc", "dc", "odt")
@@ -196,7 +196,7 @@ def run_dt_family(
 ) -> dict[int, tuple[list[tuple[int, EvalResult]], str, Path]]:  # fmt: skip
     """Train in ``eval_points`` chunks (bit-exact resumes), evaluating each seed's policy at ``target`` after
     each one: per seed its curve, DT's calibration sweep and its run directory. One seed trains in ``run_dir``;
-    ``stacked``, all ``seeds`` train together in one process (``dtrl.stacked``), seed S in ``run_dir/seed_S``."""
+    ``stacked``, all ``seeds`` train together in one process (``dtrl.train.stacked``), seed S in ``run_dir/seed_S``."""
     if len(seeds) != 1 and not stacked:
         raise ValueError(f"seeds {seeds}: several seeds train only stacked")
     chunk = steps // budget.eval_points
@@ -252,7 +252,7 @@ def run_cells(
 ) -> Iterator[list[dict[str, Any]]]:  # fmt: skip
     """Train and evaluate (method, dataset) for ``seeds``, yielding each seed's CSV row (``odt``: its offline and
     online rows) as soon as it is done. One seed, unless ``stacked``: the DT family's seeds then train together
-    in one process (``dtrl.stacked``); each seed's row is the one a separate run writes, its ``train_eval_s``
+    in one process (``dtrl.train.stacked``); each seed's row is the one a separate run writes, its ``train_eval_s``
     the stack's training and evaluation time divided by its seeds."""
     budget = BUDGETS[budget_name]
     if steps % budget.eval_points:
@@ -369,10 +369,10 @@ def run(args: argparse.Namespace) -> None:
     mine = groups[index::count]
     args.out.mkdir(parents=True, exist_ok=True)
     context = environment()
-    context["versions"].update({name: _version(name) for name in ("gymnasium", "mujoco", "d3rlpy")})
+    context["versions"].update(package_versions(("gymnasium", "mujoco", "d3rlpy")))
     record = {**context, "budget": args.budget, "steps": steps, "cells": sum(len(g[2]) for g in mine)}
     if stacks:
-        record["stacked"] = stacks  # these methods' seeds trained together (dtrl.stacked)
+        record["stacked"] = stacks  # these methods' seeds trained together (dtrl.train.stacked)
     if "odt" in args.methods:
         record["online_steps"] = online
     append_line(args.out / RUNS_LOG, json.dumps(record))
@@ -395,13 +395,6 @@ def run(args: argparse.Namespace) -> None:
             append_rows(csv_path, rows)
             for row in rows:
                 print(f"{row['method']} {label} seed {row['seed']}: score {row['score_mean']} ({row['train_eval_s']} s)", flush=True)
-
-
-def _version(package: str) -> str:
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return "not installed"
 
 
 # --------------------------------------------------------------------------- report
@@ -758,7 +751,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--shard", type=_shard, default=(0, 1), help="I/N: run every N-th cell (stack), from the I-th")
     p.add_argument(
         "--stack-seeds", action="store_true",
-        help=f"train the missing seeds of each (method, dataset) of {', '.join(STACKABLE)} together in one process (dtrl.stacked)",
+        help=f"train the missing seeds of each (method, dataset) of {', '.join(STACKABLE)} together in one process (dtrl.train.stacked)",
     )  # fmt: skip
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default)")

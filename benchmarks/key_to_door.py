@@ -31,16 +31,16 @@ from typing import Any
 
 import numpy as np
 import torch
-
 from common import RESULTS, environment
+
 from dtrl.config import load_config
 from dtrl.data.episodes import EpisodeDataset
-from dtrl.io import atomic_write
+from dtrl.data.readers import open_dataset
+from dtrl.envs.key_to_door import ENV_ID, MOVES, KeyToDoorEnv
 from dtrl.errors import DtrlError
 from dtrl.evaluate import EvalResult, evaluate, evaluate_random, rollout
-from dtrl.envs.key_to_door import ENV_ID, MOVES, KeyToDoorEnv
+from dtrl.io import atomic_write
 from dtrl.policy import DecisionTransformerPolicy
-from dtrl.data.readers import open_dataset
 from dtrl.train import train
 
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "key_to_door.yaml"

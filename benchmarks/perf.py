@@ -22,7 +22,7 @@ Everything uses the paper's gym configuration (K = 20, 3 layers, 1 head, width
   raw simulator with random actions (the physical limit), dtrl full recompute
   and KV cache, HF batched full recompute, d3rlpy one stateful wrapper per env.
 * stacked seeds (``--stacked``, run on its own): seed-steps/s of N seeds trained in one
-  process (``dtrl train --seeds``, :mod:`dtrl.stacked`) against one seed at a time, the
+  process (``dtrl train --seeds``, :mod:`dtrl.train.stacked`) against one seed at a time, the
   rate of N runs made one after another; results/perf_stacked_<device>.json.
 * latency: ms per action of one stateful policy over 300 steps (past K), median of the rounds:
   dtrl's KV cache (the fast decoder) and, for reference, the same cache module by module, full
@@ -66,16 +66,16 @@ from common import RESULTS, environment, save  # noqa: E402
 from dtrl.checkpoint import PolicySpec  # noqa: E402
 from dtrl.config import TrainConfig  # noqa: E402
 from dtrl.data.episodes import EpisodeDataset  # noqa: E402
-from dtrl.data.spaces import space_to_dict  # noqa: E402
-from dtrl.io import atomic_write  # noqa: E402
 from dtrl.data.normalizer import Normalizer  # noqa: E402
 from dtrl.data.sampler import SegmentSampler  # noqa: E402
+from dtrl.data.spaces import space_to_dict  # noqa: E402
+from dtrl.io import atomic_write  # noqa: E402
 from dtrl.models import DecisionTransformer  # noqa: E402
 from dtrl.models.decoding import new_cache  # noqa: E402
 from dtrl.policy import DecisionTransformerPolicy  # noqa: E402
+from dtrl.train.run import model_config_for  # noqa: E402
 from dtrl.train.stacking import stack_batches, stack_models, stacked_train_step  # noqa: E402
 from dtrl.train.step import build_optimizer, train_step  # noqa: E402
-from dtrl.train.run import model_config_for  # noqa: E402
 
 SEED = 0
 ENV_ID = "Hopper-v5"
@@ -113,7 +113,7 @@ def peak_memory_mb(device: torch.device) -> float:
 def dtrl_trainer(
     dataset: EpisodeDataset, device: torch.device, precision: str, config: TrainConfig | None = None
 ) -> Callable[[], float]:
-    """One step of dtrl's training loop: :func:`dtrl.train.train_step` on a fresh batch, as
+    """One step of dtrl's training loop: :func:`dtrl.train.step.train_step` on a fresh batch, as
     ``dtrl train`` runs it, without logging and checkpoints.
 
     ``config``: the paper's gym configuration unless given (scaling_curves.py varies batch and K).
@@ -134,7 +134,7 @@ def dtrl_trainer(
 def stacked_trainer(
     dataset: EpisodeDataset, device: torch.device, precision: str, seeds: int, config: TrainConfig | None = None
 ) -> Callable[[], list[float]]:
-    """One step of ``seeds`` seeds stacked in one process (:mod:`dtrl.stacked`, ``dtrl train --seeds``):
+    """One step of ``seeds`` seeds stacked in one process (:mod:`dtrl.train.stacked`, ``dtrl train --seeds``):
     every seed's batch, one vmapped forward and backward, per-seed clipping, one fused AdamW step."""
     config = config or TrainConfig(precision=precision, seed=SEED)
     normalizer = Normalizer.from_dataset(dataset)

@@ -3,7 +3,7 @@
 
 Trains a PPO agent on Hopper-v5 (about 20 minutes on one CPU core), records a
 mixed-quality dataset from its snapshots plus random episodes, and saves it.
-See src/dtrl/assets/README.md and dtrl.data.collect.make_quickstart_dataset.
+See src/dtrl/assets/README.md and dtrl.collect.quickstart.make_quickstart_dataset.
 
     OMP_NUM_THREADS=1 python scripts/make_quickstart_dataset.py --seed 0
 """

@@ -14,11 +14,11 @@ from typing import Any, Callable
 import numpy as np
 
 from dtrl.data.episodes import EpisodeDataset
-from dtrl.io import write_json
 from dtrl.errors import DtrlError
 from dtrl.evaluate import EvalResult, evaluate
-from dtrl.runfiles import CALIBRATION_FILE
+from dtrl.io import write_json
 from dtrl.policy import DecisionTransformerPolicy
+from dtrl.runfiles import CALIBRATION_FILE
 
 __all__ = ["CALIBRATION_FILE", "calibrate", "calibration_report", "calibration_targets", "write_calibration"]
 

@@ -26,12 +26,13 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save as safetensors_bytes
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 
 from dtrl import __version__
 from dtrl.config import ModelConfig
-from dtrl.fields import from_dict, to_dict
 from dtrl.errors import DiskError, DtrlError, write_error
+from dtrl.fields import from_dict, to_dict
 from dtrl.io import atomic_write, fsync_dir, write_json
 from dtrl.runfiles import BEST_FILE, CHECKPOINT_DIR, CONFIG_FILE, LATEST_FILE, TRAIN_STATE_FILE, WEIGHTS_FILE
 

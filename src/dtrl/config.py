@@ -20,8 +20,8 @@ import yaml
 
 from dtrl.errors import DtrlError
 from dtrl.fields import check_fields, check_memory, from_dict, to_dict
-from dtrl.runfiles import RUN_CONFIG_FIX
 from dtrl.io import read_yaml
+from dtrl.runfiles import RUN_CONFIG_FIX
 
 
 @dataclass

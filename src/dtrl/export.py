@@ -22,10 +22,10 @@ from torch import nn
 
 from dtrl import __version__
 from dtrl.checkpoint import PolicySpec, load_policy_files, write_policy
-from dtrl.io import atomic_write
 from dtrl.data.normalizer import env_actions, model_actions, normalized_states
 from dtrl.errors import DtrlError
 from dtrl.hf import STATE_STATS_FILE, export_transformers
+from dtrl.io import atomic_write
 from dtrl.models import DecisionTransformer
 from dtrl.outputs import check_output, staged_directory
 from dtrl.policy import model_with_weights

@@ -37,13 +37,13 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from dtrl.runfiles import CONFIG_FILE
 from dtrl.checkpoint import PolicySpec
 from dtrl.config import ModelConfig
 from dtrl.data.episodes import EpisodeDataset
 from dtrl.data.spaces import space_to_dict
-from dtrl.io import write_json
 from dtrl.errors import DtrlError
+from dtrl.io import write_json
+from dtrl.runfiles import CONFIG_FILE
 
 MODEL_TYPE = "decision_transformer"
 STATE_STATS_FILE = "state_stats.json"

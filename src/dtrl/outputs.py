@@ -18,9 +18,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from dtrl.runfiles import CHECKPOINT_DIR, CONFIG_FILE, METRICS_FILE, RUN_CONFIG_FILE, TRAIN_STATE_FILE
-from dtrl.io import UMASK
 from dtrl.errors import DtrlError
+from dtrl.io import UMASK
+from dtrl.runfiles import CHECKPOINT_DIR, CONFIG_FILE, METRICS_FILE, RUN_CONFIG_FILE, TRAIN_STATE_FILE
 
 FORCE_HINT = "choose another path, or pass --force to overwrite it"
 

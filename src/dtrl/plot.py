@@ -18,10 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from dtrl.io import atomic_write
 from dtrl.errors import DtrlError
+from dtrl.io import atomic_write, checked, read_json, read_jsonl, read_yaml
 from dtrl.runfiles import CALIBRATION_FILE, METRICS_FILE, RUN_CONFIG_FILE, RUN_CONFIG_FIX
-from dtrl.io import checked, read_json, read_jsonl, read_yaml
 
 CURVES_PNG = "learning_curves.png"
 CALIBRATION_PNG = "calibration.png"

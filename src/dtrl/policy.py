@@ -21,8 +21,8 @@ import numpy as np
 import torch
 
 from dtrl.checkpoint import PolicySpec, load_policy_files
-from dtrl.data.spaces import space_from_dict
 from dtrl.data.normalizer import Normalizer
+from dtrl.data.spaces import space_from_dict
 from dtrl.envs import check_fits
 from dtrl.errors import DtrlError
 from dtrl.fields import check_device

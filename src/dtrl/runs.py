@@ -9,27 +9,27 @@ live at the top of a run, not inside its checkpoints.
 from __future__ import annotations
 
 import logging
-
-from dtrl.runfiles import CONFIG_FILE, TRAIN_STATE_FILE
-from dtrl.checkpoint import remove_partial_writes
-from dtrl.config import resumed_config
-from dtrl.fields import to_dict
-from dtrl.errors import write_error
-from dtrl.tracking import write_run_info
-
-import yaml
-from dtrl.io import atomic_write
-
 from pathlib import Path
 from typing import Any
 
-from dtrl.checkpoint import latest_checkpoint, resolve_policy_dir
+import yaml
+
+from dtrl.checkpoint import latest_checkpoint, remove_partial_writes, resolve_policy_dir
+from dtrl.config import TrainConfig, read_saved_config, resumed_config
 from dtrl.data.episodes import EpisodeDataset
 from dtrl.data.readers import open_dataset
-from dtrl.errors import DtrlError
-from dtrl.config import TrainConfig, read_saved_config
-from dtrl.io import checked, read_json
-from dtrl.runfiles import CHECKPOINT_DIR, EVAL_FILE, EXPORTED_CONFIG_FILE, RUN_CONFIG_FILE
+from dtrl.errors import DtrlError, write_error
+from dtrl.fields import to_dict
+from dtrl.io import atomic_write, checked, read_json
+from dtrl.runfiles import (
+    CHECKPOINT_DIR,
+    CONFIG_FILE,
+    EVAL_FILE,
+    EXPORTED_CONFIG_FILE,
+    RUN_CONFIG_FILE,
+    TRAIN_STATE_FILE,
+)
+from dtrl.tracking import write_run_info
 
 log = logging.getLogger(__name__)
 

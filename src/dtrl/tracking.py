@@ -1,6 +1,6 @@
 """Optional experiment trackers, and what produced a run.
 
-TensorBoard is always on (:class:`dtrl.train.MetricsLogger`). Weights & Biases
+TensorBoard is always on (:class:`dtrl.train.logger.MetricsLogger`). Weights & Biases
 is used only when asked for (``wandb=true``) and installed, so training never
 needs an account or a network. ``run_info.json`` records the versions and the
 git commit behind a run, so a result can be traced to the code that made it.
@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from dtrl import __version__
-from dtrl.io import write_json
 from dtrl.errors import DtrlError
+from dtrl.io import write_json
 from dtrl.runfiles import RUN_INFO_FILE
 
 _PACKAGES = ("torch", "numpy", "gymnasium", "mujoco", "minari", "safetensors")

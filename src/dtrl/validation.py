@@ -22,11 +22,11 @@ import torch
 import torch.nn.functional as F
 
 from dtrl.data.episodes import EpisodeDataset
-from dtrl.io import write_json
 from dtrl.data.normalizer import Normalizer
 from dtrl.data.sampler import SegmentSampler
 from dtrl.envs import check_fits
 from dtrl.errors import DtrlError
+from dtrl.io import write_json
 
 if TYPE_CHECKING:
     from dtrl.policy import DecisionTransformerPolicy

@@ -12,7 +12,9 @@ import typer
 from rich.markup import escape
 
 # Each module adds its commands to the app; `dtrl --help` lists them in this order.
-from dtrl.cli import training, quickstart, results, data  # noqa: F401, I001
+# isort: off
+from dtrl.cli import training, quickstart, results, data  # noqa: F401
+# isort: on
 from dtrl.cli.app import _debug, app
 from dtrl.cli.display import console, err_console, eval_progress, progress_bar, results_table, train_with_progress
 from dtrl.errors import DtrlError

@@ -82,11 +82,11 @@ def collect(
     sampled to the paper's 1% subset (--kinds, --max-episode-steps and --ref-episodes do not apply)."""
     from rich.progress import TaskID
 
+    from dtrl.collect.atari import collect_atari
+    from dtrl.collect.d4rl import collect_d4rl, collect_random
     from dtrl.data.cache import default_cache_dir
     from dtrl.envs.atari import is_atari
     from dtrl.envs.scores import env_family
-    from dtrl.collect.d4rl import collect_d4rl, collect_random
-    from dtrl.collect.atari import collect_atari
 
     root = cache_dir or default_cache_dir()
     if episodes is not None:
@@ -156,8 +156,8 @@ def export(
     force: bool = typer.Option(False, "--force", help="Replace an existing file at --out."),
 ) -> None:
     """Export a dataset as a D4RL HDF5 file, a Minari dataset or a dtrl .npz."""
-    from dtrl.data.writers import write_d4rl, write_minari
     from dtrl.data.readers import open_dataset
+    from dtrl.data.writers import write_d4rl, write_minari
 
     if format not in EXPORT_FORMATS:
         raise DtrlError(f"unknown export format {format!r}: choose one of {', '.join(EXPORT_FORMATS)}")
@@ -246,8 +246,8 @@ def data_convert(
     force: bool = typer.Option(False, "--force", help=FORCE_HELP),
 ) -> None:
     """Convert a dataset to dtrl's native format (fast to load)."""
-    from dtrl.data.store import write_store
     from dtrl.data.readers import open_dataset
+    from dtrl.data.store import write_store
 
     output = check_dataset_output(output, "OUTPUT", source, force, native=not store, directory=store)
     dataset = open_dataset(source)

@@ -16,27 +16,23 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import numpy as np
+import typer
 from rich.columns import Columns
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-import typer
-
+from dtrl.calibrate import calibration_report, write_calibration
+from dtrl.checkpoint import latest_checkpoint
 from dtrl.cli.app import app
 from dtrl.cli.display import console, results_table, train_with_progress
-from dtrl.calibrate import calibration_report, write_calibration
-from dtrl.runfiles import RUN_CONFIG_FILE
-from dtrl.checkpoint import latest_checkpoint
 from dtrl.config import load_config
-from dtrl.io import write_json
+from dtrl.data.readers import QUICKSTART_DATASET, open_dataset
 from dtrl.errors import DtrlError
 from dtrl.evaluate import EvalResult, evaluate_random
-from dtrl.runfiles import CALIBRATION_FILE
+from dtrl.io import read_yaml, write_json
 from dtrl.plot import plot_runs
-from dtrl.runfiles import RUN_CONFIG_FIX
-from dtrl.io import read_yaml
-from dtrl.data.readers import QUICKSTART_DATASET, open_dataset
+from dtrl.runfiles import CALIBRATION_FILE, RUN_CONFIG_FILE, RUN_CONFIG_FIX
 from dtrl.train import TrainResult
 
 CONFIG = Path(str(files("dtrl") / "configs" / "quickstart.yaml"))

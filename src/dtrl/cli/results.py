@@ -15,6 +15,7 @@ from dtrl.cli.display import console, eval_progress
 from dtrl.cli.training import load_policy
 from dtrl.errors import DtrlError
 
+
 # ----------------------------------------------------------------------------- commands
 @app.command(
     epilog="Examples:\n\n  dtrl calibrate runs/quickstart   (writes runs/quickstart/calibration.json)\n\n"
@@ -35,10 +36,11 @@ def calibrate(
     force: bool = typer.Option(False, "--force", help=FORCE_HELP),
 ) -> None:
     """Sweep target returns and record the achieved return: calibration.json, drawn by `dtrl plot`."""
-    from dtrl.runfiles import CALIBRATION_FILE
-    from dtrl.calibrate import calibrate as run_calibration, write_calibration
-    from dtrl.runs import training_dataset
+    from dtrl.calibrate import calibrate as run_calibration
+    from dtrl.calibrate import write_calibration
     from dtrl.outputs import check_output
+    from dtrl.runfiles import CALIBRATION_FILE
+    from dtrl.runs import training_dataset
 
     default = Path(checkpoint) / CALIBRATION_FILE
     path = check_output(output or default, "--output", force=force, own=default)

@@ -8,10 +8,11 @@ from typing import List, Optional
 import typer
 from rich.table import Table
 
-from dtrl.config import FinetuneConfig
 from dtrl.cli.app import FORCE_HELP, app
 from dtrl.cli.display import console, eval_progress, progress_bar, results_table, train_with_progress
+from dtrl.config import FinetuneConfig
 from dtrl.errors import DtrlError
+
 
 # ----------------------------------------------------------------------------- commands
 @app.command(
@@ -110,9 +111,9 @@ def eval_(
     force: bool = typer.Option(False, "--force", help=FORCE_HELP),
 ) -> None:
     """Evaluate a policy in the simulator at one or more target returns, or on a dataset's logged actions."""
-    from dtrl.io import write_json
     from dtrl.evaluate import evaluate
     from dtrl.hf import is_transformers_dir
+    from dtrl.io import write_json
     from dtrl.outputs import check_output
 
     targets = _target_returns(ctx, target_return)

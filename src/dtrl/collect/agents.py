@@ -7,16 +7,19 @@ the functions that train or wrap an SB3 policy.
 from __future__ import annotations
 
 import copy
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
 import gymnasium as gym
 import numpy as np
-import time
-from typing import Any, Callable, Sequence
+
 from dtrl.collect.recorder import BatchPolicyFn, PolicyFn, Progress, Recording
-from dtrl.errors import DtrlError
 from dtrl.data.episodes import Episode, EpisodeDataset
-from pathlib import Path
+from dtrl.errors import DtrlError
 from dtrl.io import atomic_save, atomic_write
-from dataclasses import dataclass
+
 
 def import_sb3() -> Any:
     try:

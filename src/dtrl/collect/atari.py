@@ -1,7 +1,7 @@
 """DQN-replay-style Atari datasets: a PPO agent's every training transition, then the paper's 1% subset.
 
 ``dtrl data collect ALE/<Game>-v5`` lands here. The D4RL protocol for MuJoCo
-lives in :mod:`dtrl.data.collect`, whose cache layout and helpers this reuses.
+lives in :mod:`dtrl.collect.d4rl`, whose cache layout and helpers this reuses.
 """
 
 from __future__ import annotations
@@ -15,10 +15,9 @@ import numpy as np
 
 from dtrl.collect.agents import import_sb3
 from dtrl.collect.recorder import Progress, versions
-from dtrl.io import read_state
-from dtrl.io import write_json
 from dtrl.data.episodes import NATIVE_SUFFIX
 from dtrl.errors import DtrlError
+from dtrl.io import read_state, write_json
 
 #: PPO for Atari as in the rl-baselines3-zoo (8 envs, 128-step rollouts, 4 epochs, batch 256, clip 0.1,
 #: entropy 0.01), trained on clipped rewards. PPO rather than DQN-replay's DQN: with vector envs it
@@ -83,7 +82,7 @@ def collect_atari(
     """Make a DQN-replay-style dataset for an ALE game in ``cache_dir``, named ``<game>-replay``.
 
     A PPO agent is trained for ``agent_steps`` env steps on DQN-replay's
-    environment (:func:`dtrl.atari.make_env`: sticky actions, 84×84 grayscale,
+    environment (:func:`dtrl.envs.atari.make_env`: sticky actions, 84×84 grayscale,
     4 stacked frames; clipped rewards for learning). Every transition it trains
     on is written, in order, as a Dopamine replay checkpoint under
     ``agents/.../replay_logs``, each checkpoint holding the episodes that ended
@@ -97,9 +96,9 @@ def collect_atari(
     """
     import torch
 
+    from dtrl.data.dqn_replay import checkpoint_numbers, read_dqn_replay, write_checkpoint
     from dtrl.envs import atari, make_env
     from dtrl.envs.scores import env_family
-    from dtrl.data.dqn_replay import checkpoint_numbers, read_dqn_replay, write_checkpoint
 
     if min(transitions, agent_steps, checkpoints, n_envs) < 1:
         raise DtrlError("transitions, agent steps, checkpoints and envs must be positive")

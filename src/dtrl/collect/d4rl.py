@@ -3,19 +3,37 @@ and medium-expert datasets from one PPO agent, made resumably into the dataset c
 
 from __future__ import annotations
 
-import gymnasium as gym
-import numpy as np
 import platform
 import time
-from typing import Any, Callable, Iterable, Sequence
-from dtrl.collect.recorder import BatchPolicyFn, Progress, Recording, episode_returns, record_vector, return_stats, uniform_batch_policy, versions
-from dtrl.errors import DtrlError
-from dtrl.data.episodes import EpisodeDataset, NATIVE_SUFFIX
-from dtrl.collect.agents import PROTOCOL_HYPERPARAMS, PROTOCOL_N_ENVS, Snapshot, load_snapshot, read_replay, train_protocol_agent
-from pathlib import Path
 from dataclasses import dataclass
-from dtrl.envs.scores import env_family
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import gymnasium as gym
+import numpy as np
+
+from dtrl.collect.agents import (
+    PROTOCOL_HYPERPARAMS,
+    PROTOCOL_N_ENVS,
+    Snapshot,
+    load_snapshot,
+    read_replay,
+    train_protocol_agent,
+)
+from dtrl.collect.recorder import (
+    BatchPolicyFn,
+    Progress,
+    Recording,
+    episode_returns,
+    record_vector,
+    return_stats,
+    uniform_batch_policy,
+    versions,
+)
+from dtrl.data.episodes import NATIVE_SUFFIX, EpisodeDataset
 from dtrl.envs import make_env
+from dtrl.envs.scores import env_family
+from dtrl.errors import DtrlError
 from dtrl.io import read_state, write_json
 
 #: The dataset kinds of D4RL's gym locomotion tasks, in the order they are made.

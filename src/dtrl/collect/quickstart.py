@@ -3,15 +3,24 @@ snapshots of it spread over its learning curve, and random episodes."""
 
 from __future__ import annotations
 
-import gymnasium as gym
-import numpy as np
 import platform
 import time
-from typing import Any, Callable
-from dtrl.collect.agents import DEFAULT_HYPERPARAMS, Snapshot, train_behaviour_agent
-from dtrl.data.episodes import Episode, EpisodeDataset
 from pathlib import Path
-from dtrl.collect.recorder import episode_returns, evaluate_policy, random_policy, record_episodes, return_stats, versions
+from typing import Any, Callable
+
+import gymnasium as gym
+import numpy as np
+
+from dtrl.collect.agents import DEFAULT_HYPERPARAMS, Snapshot, train_behaviour_agent
+from dtrl.collect.recorder import (
+    episode_returns,
+    evaluate_policy,
+    random_policy,
+    record_episodes,
+    return_stats,
+    versions,
+)
+from dtrl.data.episodes import Episode, EpisodeDataset
 from dtrl.data.readers import QUICKSTART_PATH
 from dtrl.envs import make_env
 

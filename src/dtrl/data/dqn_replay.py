@@ -32,11 +32,11 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+from dtrl.data.episodes import EpisodeDataset
 from dtrl.envs import atari
 from dtrl.envs.scores import env_family
-from dtrl.data.episodes import EpisodeDataset
-from dtrl.io import atomic_write
 from dtrl.errors import DtrlError
+from dtrl.io import atomic_write
 
 STORE_PREFIX = "$store$_"
 #: The per-transition arrays and the dtype Dopamine stores each in.

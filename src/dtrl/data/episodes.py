@@ -22,8 +22,8 @@ from typing import Any, Iterator, Sequence
 import gymnasium as gym
 import numpy as np
 
-from dtrl.errors import DtrlError
 from dtrl.data.spaces import infer_box, space_from_dict, space_to_dict
+from dtrl.errors import DtrlError
 from dtrl.io import atomic_write
 
 NATIVE_FORMAT_VERSION = 1
@@ -245,7 +245,7 @@ class EpisodeDataset:
     @property
     def frame_stack(self) -> int:
         """Image datasets that keep one frame per step (Atari): frames per observation, rebuilt by
-        :func:`dtrl.atari.stack_frames` from the episode's previous steps; 0 for every other dataset."""
+        :func:`dtrl.envs.atari.stack_frames` from the episode's previous steps; 0 for every other dataset."""
         return int(self.metadata.get("frame_stack", 0))
 
     @property

@@ -28,9 +28,9 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from dtrl.envs.atari import stack_frames
 from dtrl.data.episodes import EpisodeDataset, returns_to_go
 from dtrl.data.normalizer import Normalizer, normalized_states
+from dtrl.envs.atari import stack_frames
 from dtrl.errors import DtrlError
 
 

@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 
 from dtrl.data.episodes import EpisodeDataset
-from dtrl.io import atomic_write
 from dtrl.errors import DtrlError
+from dtrl.io import atomic_write
 
 
 def write_d4rl(dataset: EpisodeDataset, path: str | os.PathLike) -> Path:

@@ -31,7 +31,6 @@ import numpy as np
 import torch
 import yaml
 
-from dtrl.runfiles import TRAIN_STATE_FILE
 from dtrl.checkpoint import (
     PolicySpec,
     latest_checkpoint,
@@ -41,21 +40,21 @@ from dtrl.checkpoint import (
 )
 from dtrl.config import FinetuneConfig, TrainConfig
 from dtrl.data.episodes import Episode, EpisodeDataset
-from dtrl.data.spaces import space_from_dict
-from dtrl.io import atomic_write, write_json
 from dtrl.data.normalizer import Normalizer
 from dtrl.data.sampler import SegmentSampler
+from dtrl.data.spaces import space_from_dict
 from dtrl.envs import check_env_id
 from dtrl.errors import DtrlError
 from dtrl.evaluate import EpisodeRecorder, EvalResult, evaluate, rollout
+from dtrl.io import atomic_write, write_json
 from dtrl.models import DecisionTransformer
-from dtrl.train.step import stochastic_action_loss
 from dtrl.models.gaussian import temperature
 from dtrl.policy import DecisionTransformerPolicy, pick_device
+from dtrl.runfiles import TRAIN_STATE_FILE
 from dtrl.runs import training_config
 from dtrl.tracking import write_run_info
-from dtrl.train.step import Diverged, build_optimizer, train_step
 from dtrl.train.logger import MetricsLogger
+from dtrl.train.step import Diverged, build_optimizer, stochastic_action_loss, train_step
 
 FINETUNE_CONFIG_FILE = "finetune.yaml"
 REPORT_FILE = "finetune.json"

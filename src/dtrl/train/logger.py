@@ -6,9 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-
-from dtrl.runfiles import METRICS_FILE
 from dtrl.io import append_line, atomic_write
+from dtrl.runfiles import METRICS_FILE
 from dtrl.tracking import start_wandb
 
 

@@ -24,21 +24,20 @@ from dtrl.checkpoint import (
     save_checkpoint,
 )
 from dtrl.config import TrainConfig
-from dtrl.fields import to_dict
 from dtrl.data.sampler import SegmentSampler
 from dtrl.distributed import Dist
 from dtrl.errors import DiskError
 from dtrl.evaluate import EvalResult
+from dtrl.fields import to_dict
 from dtrl.models import build_model
 from dtrl.models.gaussian import temperature
 from dtrl.policy import pick_device
-from dtrl.validation import ActionError
-
+from dtrl.runs import prepare_run
 from dtrl.train.logger import MetricsLogger
 from dtrl.train.run import RunData, TrainResult, evaluate_and_log, restore_checkpoint, rng_state, write_eval_report
 from dtrl.train.schedule import Schedule, diverged, last_good_checkpoint, stopped, train_metrics
 from dtrl.train.step import CompiledForward, Diverged, build_optimizer, train_step
-from dtrl.runs import prepare_run
+from dtrl.validation import ActionError
 
 log = logging.getLogger(__name__)
 

@@ -13,26 +13,26 @@ import numpy as np
 import torch
 
 from dtrl import distributed
-from dtrl.runfiles import EVAL_FILE
 from dtrl.checkpoint import (
     PolicySpec,
     load_policy_files,
     load_train_state,
 )
 from dtrl.config import ModelConfig, TrainConfig
-from dtrl.fields import to_dict
 from dtrl.data.episodes import EpisodeDataset
-from dtrl.data.spaces import space_to_dict
-from dtrl.io import write_json
-from dtrl.data.readers import open_dataset
 from dtrl.data.normalizer import Normalizer
+from dtrl.data.readers import open_dataset
 from dtrl.data.sampler import SegmentSampler
+from dtrl.data.spaces import space_to_dict
 from dtrl.distributed import Dist
 from dtrl.envs import check_env_id
 from dtrl.errors import DtrlError
 from dtrl.evaluate import EvalResult, evaluate
+from dtrl.fields import to_dict
+from dtrl.io import write_json
 from dtrl.models import DecisionTransformer
 from dtrl.policy import DecisionTransformerPolicy
+from dtrl.runfiles import EVAL_FILE
 from dtrl.train.logger import MetricsLogger
 from dtrl.validation import hold_out, validation_split
 

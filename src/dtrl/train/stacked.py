@@ -47,21 +47,25 @@ import numpy as np
 import torch
 
 from dtrl import distributed
-from dtrl.runfiles import CHECKPOINT_DIR
-from dtrl.checkpoint import complete_checkpoints, load_policy_files, load_train_state, prune_checkpoints, save_checkpoint
+from dtrl.checkpoint import (
+    complete_checkpoints,
+    load_policy_files,
+    load_train_state,
+    prune_checkpoints,
+    save_checkpoint,
+)
 from dtrl.config import TrainConfig
-from dtrl.fields import to_dict
 from dtrl.data.sampler import Batch, SegmentSampler
 from dtrl.errors import DiskError, DtrlError
 from dtrl.evaluate import EvalResult
-from dtrl.fields import SEED_MAX
+from dtrl.fields import SEED_MAX, to_dict
 from dtrl.models import build_model
 from dtrl.policy import pick_device
-from dtrl.train.step import Diverged, build_optimizer
+from dtrl.runfiles import CHECKPOINT_DIR
+from dtrl.runs import prepare_run
 from dtrl.train.logger import MetricsLogger
 from dtrl.train.run import RunData, TrainResult, evaluate_and_log, rng_state, write_eval_report
 from dtrl.train.schedule import Schedule, diverged, stopped, train_metrics
-from dtrl.runs import prepare_run
 from dtrl.train.stacking import (
     load_seed_state_dicts,
     seed_batch,
@@ -72,6 +76,7 @@ from dtrl.train.stacking import (
     stack_optimizer_states,
     stacked_train_step,
 )
+from dtrl.train.step import Diverged, build_optimizer
 
 log = logging.getLogger(__name__)
 

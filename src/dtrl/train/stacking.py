@@ -27,7 +27,7 @@ from dtrl.train.step import train_step
 def stack_models(models: Sequence[nn.Module]) -> nn.Module:
     """A copy of ``models[0]`` whose parameters and buffers are all models' stacked along a new first dimension.
 
-    It keeps a single model's parameter names, so :func:`dtrl.train.build_optimizer`,
+    It keeps a single model's parameter names, so :func:`dtrl.train.step.build_optimizer`,
     ``network_parameters`` and state dicts work on it unchanged; slice ``i`` of
     every tensor is model ``i``. Run it with :func:`stacked_forward`.
     """
@@ -104,7 +104,7 @@ def stacked_forward(stacked: nn.Module, batch: Batch, **kwargs: Any) -> Any:
 
 
 def stacked_action_loss(stacked: nn.Module, batch: Batch, dist: Dist = Dist()) -> torch.Tensor:
-    """Each seed's :func:`dtrl.train.action_loss` on its slice of a stacked batch: an (N,) vector.
+    """Each seed's :func:`dtrl.train.step.action_loss` on its slice of a stacked batch: an (N,) vector.
 
     Means over real steps are written as masked sums, which vmap and stacking
     allow, instead of boolean indexing; the values are the same up to rounding.
@@ -154,7 +154,7 @@ def stacked_train_step(
     batch: Batch,
     config: TrainConfig,
 ) -> tuple[list[float], torch.Tensor]:
-    """:func:`dtrl.train.train_step` for a stack: per-seed losses and per-seed clipping."""
+    """:func:`dtrl.train.step.train_step` for a stack: per-seed losses and per-seed clipping."""
     return train_step(
         stacked, optimizer, scheduler, batch, config, loss_fn=stacked_action_loss, clip_fn=clip_per_seed
     )
