@@ -240,27 +240,14 @@ def finetune(
     device: str = typer.Option(_FT.device, "--device", envvar="DTRL_DEVICE", help="auto, cpu, cuda or cuda:N."),
 ) -> None:
     """Fine-tune a stochastic-policy DT online in the simulator (Online Decision Transformer)."""
+    # Every option named after a FinetuneConfig field sets it (defaults come from the config too);
+    # the fields without an option keep their defaults.
+    options = {name: value for name, value in locals().items() if name in FinetuneConfig.__dataclass_fields__}
+    config = FinetuneConfig(**{**options, "env": env or "", "out_dir": str(out_dir)})
+    config.validate()
     from dtrl.runs import training_dataset
     from dtrl.train.finetune import finetune as run_finetune
 
-    config = FinetuneConfig(
-        env=env or "",
-        steps=steps,
-        out_dir=str(out_dir),
-        target_return=target_return,
-        eval_target=eval_target,
-        rollouts_per_iteration=rollouts_per_iteration,
-        updates_per_iteration=updates_per_iteration,
-        buffer_size=buffer_size,
-        batch_size=batch_size,
-        learning_rate=learning_rate,
-        continue_optimizer=continue_optimizer,
-        eval_episodes=eval_episodes,
-        eval_every=eval_every,
-        seed=seed,
-        device=device,
-    )
-    config.validate()
     data = training_dataset(checkpoint, dataset)
     with progress_bar("online env steps", steps) as bar:
         task = bar.task_ids[0]
