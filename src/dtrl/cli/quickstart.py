@@ -13,13 +13,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import typer
 from rich.columns import Columns
-from rich.console import Console
-from rich.table import Table
 from rich.text import Text
 
 from dtrl.calibrate import calibration_report, write_calibration
@@ -33,7 +31,6 @@ from dtrl.evaluate import EvalResult, evaluate_random
 from dtrl.io import read_yaml, write_json
 from dtrl.plot import plot_runs
 from dtrl.runfiles import CALIBRATION_FILE, RUN_CONFIG_FILE, RUN_CONFIG_FIX
-from dtrl.train import TrainResult
 
 CONFIG = Path(str(files("dtrl") / "configs" / "quickstart.yaml"))
 TARGET_POINTS = 4
@@ -134,11 +131,9 @@ def run(
     out_dir: Path | None,
     steps: int | None,
     episodes: int,
-    console: Console,
-    train_fn: Callable[..., TrainResult],
-    table_fn: Callable[..., Table],
     seed: int = 0,
 ) -> dict:
+    """Train on the shipped dataset (or continue that run), sweep the targets, print the verdict, draw the figures."""
     out_dir = Path(out_dir) if out_dir is not None else default_out_dir(seed)
     dataset = open_dataset(QUICKSTART_DATASET)
     s = dataset.summary()
@@ -160,10 +155,10 @@ def run(
         f"width {config.model.n_embd}, seed {seed}) for {config.steps} steps, then evaluating {episodes} "
         f"episodes per target at targets {targets} in the simulator"
     )
-    result = train_fn(config, resume=resume, overrides={"steps": config.steps, "eval_episodes": episodes})
+    result = train_with_progress(config, resume=resume, overrides={"steps": config.steps, "eval_episodes": episodes})
     random = evaluate_random(dataset.env_id, episodes, seed=config.seed, ref_scores=dataset.ref_scores)
     best = float(dataset.episode_returns.max())
-    table = table_fn(f"{dataset.env_id}: Decision Transformer vs random policy", result.eval_results, random)
+    table = results_table(f"{dataset.env_id}: Decision Transformer vs random policy", result.eval_results, random)
     console.print(Columns([table, sweep_chart(result.eval_results, best)], padding=(0, 4)))
 
     beats_random = min(r.mean for r in result.eval_results) > random.mean
@@ -204,4 +199,4 @@ def quickstart(
     episodes: int = typer.Option(30, "--episodes", min=1, help="Evaluation episodes per target."),
 ) -> None:
     """Train a small DT on the shipped Hopper dataset and check, in the simulator, that it follows the target."""
-    run(out_dir, steps or None, episodes, console, train_with_progress, results_table, seed=seed)
+    run(out_dir, steps or None, episodes, seed=seed)

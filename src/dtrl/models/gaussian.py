@@ -11,7 +11,8 @@ with α = exp(log_temperature) learned so that the policy's entropy H tracks a
 target of ``-action_dim``: the temperature loss ``α · (H - target)`` (H held
 fixed) raises α while the entropy is below the target and lowers it above. The
 entropy of a squashed Gaussian has no closed form; like ODT we use a one-sample
-estimate ``-log π(ã)`` with ``ã`` drawn by reparameterisation.
+estimate ``-log π(ã)`` with ``ã`` drawn by reparameterisation. :func:`per_step_loss` is that
+objective per step; :func:`dtrl.train.step.stochastic_action_loss` averages it over a batch.
 """
 
 from __future__ import annotations
