@@ -23,7 +23,8 @@ from dtrl.errors import DtrlError
 from dtrl.models import DecisionTransformer
 from dtrl.plot import plot_runs
 from dtrl.train import train
-from dtrl.validation import VAL_FILE, ActionError, split_episodes
+from dtrl.runfiles import VAL_FILE
+from dtrl.validation import ActionError, split_episodes
 
 
 def val_config(data: Path, out: Path, steps: int = 40, *extra: str):

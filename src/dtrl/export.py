@@ -29,7 +29,7 @@ from dtrl.io import atomic_write
 from dtrl.models import DecisionTransformer
 from dtrl.outputs import check_output, staged_directory
 from dtrl.policy import model_with_weights
-from dtrl.runfiles import EXPORTED_CONFIG_FILE, RUN_CONFIG_FILE
+from dtrl.runfiles import CONFIG_FILE, EXPORTED_CONFIG_FILE, RUN_CONFIG_FILE, WEIGHTS_FILE
 from dtrl.runs import final_evaluation, run_dir_of, training_config
 
 FORMATS = ("policy", "torchscript", "onnx", "transformers")
@@ -290,7 +290,7 @@ def _is_export(path: Path) -> bool:
 def _write_export(window: WindowPolicy, spec: PolicySpec, directory: Path, fmt: str, out: Path, command: str) -> list[Path]:
     if fmt == "policy":
         write_policy(out, spec, window.model.state_dict())
-        written = [out / "config.json", out / "model.safetensors"]
+        written = [out / CONFIG_FILE, out / WEIGHTS_FILE]
     elif fmt == "torchscript":
         written = [export_torchscript(window, spec, out)]
     elif fmt == "onnx":

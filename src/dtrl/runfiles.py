@@ -6,6 +6,10 @@
       eval.json         the final evaluation (EVAL_FILE)
       run_info.json     versions and command of the latest (re)start (RUN_INFO_FILE)
       calibration.json  `dtrl calibrate`'s report (CALIBRATION_FILE)
+      val_episodes.json the held-out episodes of a run with val_fraction (VAL_FILE)
+      tb/               TensorBoard events (TENSORBOARD_DIR)
+      quickstart.json   `dtrl quickstart`'s verdict (QUICKSTART_FILE)
+      finetune.yaml, finetune.json  a `dtrl finetune` run's settings and report
       checkpoints/step_N/{config.json, model.safetensors, train_state.pt}, latest, best.json
 
 Plain strings only: plotting a run must not import torch.
@@ -16,6 +20,11 @@ METRICS_FILE = "metrics.jsonl"
 EVAL_FILE = "eval.json"
 RUN_INFO_FILE = "run_info.json"
 CALIBRATION_FILE = "calibration.json"
+VAL_FILE = "val_episodes.json"
+TENSORBOARD_DIR = "tb"
+QUICKSTART_FILE = "quickstart.json"
+FINETUNE_CONFIG_FILE = "finetune.yaml"
+FINETUNE_REPORT_FILE = "finetune.json"
 CHECKPOINT_DIR = "checkpoints"
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"

@@ -27,11 +27,11 @@ from dtrl.data.sampler import SegmentSampler
 from dtrl.envs import check_fits
 from dtrl.errors import DtrlError
 from dtrl.io import write_json
+from dtrl.runfiles import VAL_FILE
 
 if TYPE_CHECKING:
     from dtrl.policy import DecisionTransformerPolicy
 
-VAL_FILE = "val_episodes.json"
 BATCH = 256
 """Segments per forward pass when computing the action error."""
 

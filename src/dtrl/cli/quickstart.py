@@ -30,7 +30,7 @@ from dtrl.errors import DtrlError
 from dtrl.evaluate import EvalResult, evaluate_random
 from dtrl.io import read_yaml, write_json
 from dtrl.plot import plot_runs
-from dtrl.runfiles import CALIBRATION_FILE, RUN_CONFIG_FILE, RUN_CONFIG_FIX
+from dtrl.runfiles import CALIBRATION_FILE, QUICKSTART_FILE, RUN_CONFIG_FILE, RUN_CONFIG_FIX
 
 CONFIG = Path(str(files("dtrl") / "configs" / "quickstart.yaml"))
 TARGET_POINTS = 4
@@ -182,7 +182,7 @@ def run(
         "follows_target": verdict.follows,
         "verdict": verdict.reason,
     }
-    write_json(run_dir / "quickstart.json", summary)
+    write_json(run_dir / QUICKSTART_FILE, summary)
     return summary
 
 

@@ -50,14 +50,12 @@ from dtrl.io import atomic_write, write_json
 from dtrl.models import DecisionTransformer
 from dtrl.models.gaussian import temperature
 from dtrl.policy import DecisionTransformerPolicy, pick_device
-from dtrl.runfiles import TRAIN_STATE_FILE
+from dtrl.runfiles import FINETUNE_CONFIG_FILE, FINETUNE_REPORT_FILE, TRAIN_STATE_FILE
 from dtrl.runs import training_config
 from dtrl.tracking import write_run_info
 from dtrl.train.logger import MetricsLogger
 from dtrl.train.step import Diverged, build_optimizer, stochastic_action_loss, train_step
 
-FINETUNE_CONFIG_FILE = "finetune.yaml"
-REPORT_FILE = "finetune.json"
 ROLLOUT_SEED_BASE = 1_000_000
 """Rollout episodes are seeded from here up, well away from evaluation seeds (0, 1, ...)."""
 
@@ -264,5 +262,5 @@ def finetune(
     finally:
         logger.close()
     result = FinetuneResult(out_dir, ckpt, offline, online, env_steps, updates, rollout_returns)
-    write_json(out_dir / REPORT_FILE, result.to_dict())
+    write_json(out_dir / FINETUNE_REPORT_FILE, result.to_dict())
     return result

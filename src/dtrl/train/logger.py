@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from dtrl.io import append_line, atomic_write
-from dtrl.runfiles import METRICS_FILE
+from dtrl.runfiles import METRICS_FILE, TENSORBOARD_DIR
 from dtrl.tracking import start_wandb
 
 
@@ -44,7 +44,7 @@ class MetricsLogger:
 
             drop_metrics_after(self.path, start_step)
             self.wandb = start_wandb(run_dir, wandb_config) if wandb_config is not None else None
-            self.tb = SummaryWriter(str(run_dir / "tb"), purge_step=start_step + 1)
+            self.tb = SummaryWriter(str(run_dir / TENSORBOARD_DIR), purge_step=start_step + 1)
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         if self.tb is None:
