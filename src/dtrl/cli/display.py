@@ -13,6 +13,7 @@ from rich.table import Table
 console = Console()
 err_console = Console(stderr=True)
 
+
 @contextmanager
 def progress_bar(description: str, total: int | None) -> Iterator[Progress]:
     """A rich progress bar with ETA; silent when stdout is not a terminal (CI logs)."""

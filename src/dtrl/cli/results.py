@@ -16,7 +16,6 @@ from dtrl.cli.training import load_policy
 from dtrl.errors import DtrlError
 
 
-# ----------------------------------------------------------------------------- commands
 @app.command(
     epilog="Examples:\n\n  dtrl calibrate runs/quickstart   (writes runs/quickstart/calibration.json)\n\n"
     "  dtrl calibrate runs/hopper --points 12 --episodes 20\n\n"

@@ -14,7 +14,6 @@ from dtrl.config import FinetuneConfig
 from dtrl.errors import DtrlError
 
 
-# ----------------------------------------------------------------------------- commands
 @app.command(
     epilog="Examples:\n\n  dtrl train -c configs/hopper.yaml\n\n"
     "  dtrl train dataset=quickstart steps=2000 model.n_layer=2 out_dir=runs/small\n\n"

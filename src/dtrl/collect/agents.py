@@ -236,7 +236,6 @@ def train_behaviour_agent(
     return snapshots
 
 
-
 #: PPO settings of the D4RL-protocol behaviour agent: SB3's defaults (a 2048-step rollout, batch 64,
 #: 10 epochs) spread over 8 envs. PPO rather than D4RL's SAC: on one CPU thread SB3 PPO with vector
 #: envs runs at about 1,000-1,600 env steps/s here against about 60 for SAC.

@@ -42,8 +42,6 @@ D4RL_KINDS = ("random", "medium", "medium-replay", "expert", "medium-expert")
 _SEED_SLOTS = {"agent": 0, "evaluate": 1, "ref-random": 2, "ref-expert": 3, "random": 4, "medium": 5, "expert": 6}
 
 
-
-
 def _check_cached(paths: Iterable[Path], settings: dict[str, Any]) -> None:
     """A cached dataset made with other protocol settings is an error, never silently mixed with new ones."""
     for path in paths:

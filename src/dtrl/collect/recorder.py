@@ -94,7 +94,6 @@ def return_stats(returns: np.ndarray) -> dict[str, float]:
     }
 
 
-
 @dataclass
 class Recording:
     """Whole episodes plus the observation that followed each one's last action (Minari keeps it)."""

@@ -232,7 +232,6 @@ class StoreWriter:
             self.abort()
 
 
-
 def write_store(dataset: EpisodeDataset, path: str | os.PathLike) -> Path:
     """Write a dataset as a store, episode by episode (it may itself be memory-mapped)."""
     with StoreWriter(

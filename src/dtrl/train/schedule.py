@@ -77,6 +77,7 @@ def last_good_checkpoint(run_dir: Path) -> str:
     ckpt = latest_checkpoint(run_dir)
     return f"the last good checkpoint {ckpt} is intact" if ckpt else "no checkpoint was written yet"
 
+
 def diverged(step: int, loss: Any, grad_norm: Any, batch: Batch, run_dir: Path, who: str = "", batch_of: str = "batch") -> DtrlError:
     """The error for step ``step + 1``, whose loss or gradient norm was not finite: what the batch held
     and where the run stands. ``who`` and ``batch_of`` name the seed of a stack."""

@@ -23,7 +23,6 @@ from dtrl.models.mlp_bc import loss_mask
 from dtrl.train.step import train_step
 
 
-# ----------------------------------------------------------------------------- stacked models
 def stack_models(models: Sequence[nn.Module]) -> nn.Module:
     """A copy of ``models[0]`` whose parameters and buffers are all models' stacked along a new first dimension.
 

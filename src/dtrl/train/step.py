@@ -21,6 +21,7 @@ from dtrl.train.optimizers import WithTemperatureOptimizer, lamb, temperature_ad
 
 log = logging.getLogger(__name__)
 
+
 def action_loss(model: torch.nn.Module, batch: Batch, dist: Dist = Dist()) -> torch.Tensor:
     """Loss on the actions of real steps only: MSE, or cross-entropy for discrete actions.
 
