@@ -32,6 +32,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
 # not checked.
 FACADE = "dtrl"
 
+
 def layer_of(module: str, aliases: dict[str, str] | None = None) -> int | None:
     """The index of ``module``'s layer in LAYERS, or None for the facade and unknown names.
     ``aliases`` maps a module to the one whose layer it takes (for trees that predate a move)."""
@@ -148,6 +149,9 @@ def test_no_import_circle():
 
 
 def test_the_walk_sees_imports_inside_functions_and_type_checking_blocks():
-    source = "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import dtrl.cli\ndef f():\n    from dtrl.train import step\n"
+    source = (
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import dtrl.cli\n"
+        "def f():\n    from dtrl.train import step\n"
+    )
     known = {"dtrl.cli", "dtrl.train", "dtrl.train.step", "dtrl.io"}
     assert imports_of(ast.parse(source), "dtrl.io", False, known) == {"dtrl.cli", "dtrl.train.step"}
