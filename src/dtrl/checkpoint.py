@@ -72,6 +72,11 @@ def write_policy(directory: Path, spec: PolicySpec, state_dict: dict[str, torch.
     write_json(directory / CONFIG_FILE, spec.to_json())
 
 
+def checkpoint_path(run_dir: Path, step: int) -> Path:
+    """Where a run's checkpoint of ``step`` lives: ``checkpoints/step_00000123``."""
+    return Path(run_dir) / CHECKPOINT_DIR / f"step_{step:08d}"
+
+
 def save_checkpoint(
     run_dir: Path,
     step: int,
@@ -81,8 +86,8 @@ def save_checkpoint(
     keep: int = 2,
 ) -> Path:
     """Write ``checkpoints/step_N`` atomically, point ``latest`` at it, prune old ones."""
-    root = Path(run_dir) / CHECKPOINT_DIR
-    final = root / f"step_{step:08d}"
+    final = checkpoint_path(run_dir, step)
+    root = final.parent
     try:
         root.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".tmp-{final.name}-"))

@@ -35,7 +35,7 @@ from dtrl.policy import pick_device
 from dtrl.runs import prepare_run
 from dtrl.train.logger import MetricsLogger
 from dtrl.train.run import RunData, TrainResult, evaluate_and_log, restore_checkpoint, rng_state, write_eval_report
-from dtrl.train.schedule import Schedule, diverged, last_good_checkpoint, stopped, train_metrics
+from dtrl.train.schedule import Schedule, diverged, finished_checkpoints, last_good_checkpoint, stopped, train_metrics
 from dtrl.train.step import CompiledForward, Diverged, build_optimizer, train_step
 from dtrl.validation import ActionError
 
@@ -159,7 +159,7 @@ def _train(
                     run_eval()
                 dist.barrier()
         if result.checkpoint == run_dir:  # resumed a finished run: nothing new was written
-            result.checkpoint = dist.share(lambda: latest_checkpoint(run_dir)) or checkpoint()
+            result.checkpoint = (dist.share(lambda: finished_checkpoints([run_dir], step)) or [checkpoint()])[0]
         if schedule.final_evaluation and dist.is_main:
             result.eval_results = run_eval()
             write_eval_report(run_dir, result.eval_results)

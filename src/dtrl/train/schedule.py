@@ -4,15 +4,24 @@ evaluates, the metrics it logs, and the errors that stop a run (divergence, a fu
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 
-from dtrl.checkpoint import latest_checkpoint
+from dtrl.checkpoint import checkpoint_path, latest_checkpoint
 from dtrl.config import TrainConfig
 from dtrl.data.sampler import Batch
 from dtrl.errors import DiskError, DtrlError
+
+
+def finished_checkpoints(run_dirs: Sequence[Path], step: int) -> list[Path] | None:
+    """The checkpoints of ``step`` that a resumed, already finished run left, one per run directory
+    (None unless every one has it): such a run trains no step and writes nothing, so they are its result."""
+    found = [latest_checkpoint(d) for d in run_dirs]
+    if all(path is not None and path == checkpoint_path(d, step) for d, path in zip(run_dirs, found)):
+        return found  # type: ignore[return-value]
+    return None
 
 
 class Schedule:

@@ -48,6 +48,7 @@ import torch
 
 from dtrl import distributed
 from dtrl.checkpoint import (
+    checkpoint_path,
     complete_checkpoints,
     load_policy_files,
     load_train_state,
@@ -61,11 +62,10 @@ from dtrl.evaluate import EvalResult
 from dtrl.fields import SEED_MAX, to_dict
 from dtrl.models import build_model
 from dtrl.policy import pick_device
-from dtrl.runfiles import CHECKPOINT_DIR
 from dtrl.runs import prepare_run
 from dtrl.train.logger import MetricsLogger
 from dtrl.train.run import RunData, TrainResult, evaluate_and_log, rng_state, write_eval_report
-from dtrl.train.schedule import Schedule, diverged, stopped, train_metrics
+from dtrl.train.schedule import Schedule, diverged, finished_checkpoints, stopped, train_metrics
 from dtrl.train.stacking import (
     load_seed_state_dicts,
     seed_batch,
@@ -194,7 +194,7 @@ class StackedRun:
                     "with dtrl train --resume, or start the stack again in a new out_dir"
                 )
             return 0
-        checkpoints = [d / CHECKPOINT_DIR / f"step_{step:08d}" for d in run_dirs]
+        checkpoints = [checkpoint_path(d, step) for d in run_dirs]
         try:
             load_seed_state_dicts(self.stacked, [load_policy_files(c)[1] for c in checkpoints])
         except RuntimeError as e:
@@ -315,8 +315,8 @@ def train_stacked(
                 for i in range(len(run.runs)):
                     run.evaluate(i)
         if results[0].checkpoint == results[0].run_dir:  # resumed a finished stack: nothing new was written
-            existing = [r.run_dir / CHECKPOINT_DIR / f"step_{run.step:08d}" for r in run.runs]
-            for result, path in zip(results, existing if all(p.is_dir() for p in existing) else run.checkpoint()):
+            paths = finished_checkpoints([r.run_dir for r in run.runs], run.step) or run.checkpoint()
+            for result, path in zip(results, paths):
                 result.checkpoint = path
         if schedule.final_evaluation:
             for i, result in enumerate(results):
