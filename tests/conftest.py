@@ -1,4 +1,12 @@
-"""Shared fixtures: small datasets generated on the spot (no network, seconds to build)."""
+"""Shared fixtures: small datasets generated on the spot (no network, seconds to build).
+
+The folders mirror the package (envs/, data/, models/, collect/, train/, export/, cli/);
+cross-cutting suites (reliability, crash-resume, hostile input, properties, docs, fast
+paths) sit in quality/, benchmarks/ tests the scripts of the repository's benchmarks/.
+The folders have no __init__.py: pytest imports each test file under its basename
+(rootdir-based "prepend" import mode), so every test file name must be unique across
+folders, and this directory is on sys.path, which is what ``from conftest import ...`` needs.
+"""
 
 from __future__ import annotations
 
