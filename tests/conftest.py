@@ -10,6 +10,7 @@ folders, and this directory is on sys.path, which is what ``from conftest import
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import gymnasium as gym
@@ -24,6 +25,14 @@ from dtrl.data.episodes import space_to_dict
 from dtrl.data.sampler import Normalizer
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+# Some test files import helpers from test files in other folders (train/test_odt_faithful.py
+# from models/test_variants.py, data/test_store.py from cli/test_cli.py, ...). pytest puts a
+# folder on sys.path only when it collects a file there; putting every folder there up front
+# makes those imports work whichever files a run selects.
+for _folder in sorted(p for p in Path(__file__).resolve().parent.iterdir() if p.is_dir() and p.name[0] not in "._"):
+    if str(_folder) not in sys.path:
+        sys.path.append(str(_folder))
 
 
 def controller_episodes(num_episodes: int, seed: int = 0) -> list[Episode]:
