@@ -1,7 +1,16 @@
-"""Shared fixtures: small datasets generated on the spot (no network, seconds to build)."""
+"""Shared fixtures: small datasets generated on the spot (no network, seconds to build).
+
+The folders mirror the package (envs/, data/, models/, collect/, train/, export/, cli/);
+cross-cutting suites (reliability, crash-resume, hostile input, properties, docs, fast
+paths) sit in quality/, benchmarks/ tests the scripts of the repository's benchmarks/.
+The folders have no __init__.py: pytest imports each test file under its basename
+(rootdir-based "prepend" import mode), so every test file name must be unique across
+folders, and this directory is on sys.path, which is what ``from conftest import ...`` needs.
+"""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import gymnasium as gym
@@ -16,6 +25,14 @@ from dtrl.data.spaces import space_to_dict
 from dtrl.data.normalizer import Normalizer
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+# Some test files import helpers from test files in other folders (train/test_odt_faithful.py
+# from models/test_variants.py, data/test_store.py from cli/test_cli.py, ...). pytest puts a
+# folder on sys.path only when it collects a file there; putting every folder there up front
+# makes those imports work whichever files a run selects.
+for _folder in sorted(p for p in Path(__file__).resolve().parent.iterdir() if p.is_dir() and p.name[0] not in "._"):
+    if str(_folder) not in sys.path:
+        sys.path.append(str(_folder))
 
 
 def controller_episodes(num_episodes: int, seed: int = 0) -> list[Episode]:

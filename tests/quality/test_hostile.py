@@ -1,5 +1,5 @@
 """Hostile input, round two (docs/bad-inputs.md rows 51-): configs, the command line, resume,
-the Python API and degenerate data. Output paths and run files: tests/test_hostile_outputs.py.
+the Python API and degenerate data. Output paths and run files: tests/quality/test_hostile_outputs.py.
 
 Each case is one line (``error: ...``, exit code 2, no traceback) or works as it should.
 """

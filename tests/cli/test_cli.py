@@ -61,7 +61,7 @@ def test_version_and_help():
 
 
 def test_data_info_and_convert(tmp_path: Path):
-    src = Path(__file__).resolve().parents[2] / "shared" / "data" / "door-human-v0.hdf5"
+    src = Path(__file__).resolve().parents[3] / "shared" / "data" / "door-human-v0.hdf5"
     if not src.is_file():
         pytest.skip("shared D4RL file not present")
     proc = dtrl("data", "convert", src, tmp_path / "door.npz")

@@ -3,7 +3,7 @@
 Each bad input must give one line naming the problem and the fix; through the
 CLI, ``error: ...`` and exit code 2 with no traceback. CLI cases call
 ``dtrl.cli.main`` in this process (no interpreter start-up per case);
-tests/test_cli.py runs the real command.
+tests/cli/test_cli.py runs the real command.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ import pytest
 from dtrl.checkpoint import load_policy_files
 from dtrl.data import EpisodeDataset
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
 HAS_D3RLPY = importlib.util.find_spec("d3rlpy") is not None
 needs_d3rlpy = pytest.mark.skipif(not HAS_D3RLPY, reason='d3rlpy is not installed (pip install -e ".[bench]")')

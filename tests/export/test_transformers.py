@@ -217,7 +217,7 @@ def test_dtrl_eval_runs_a_transformers_directory_from_the_command_line(tmp_path:
 
 
 def test_tutorial_example_saves_a_model_dtrl_runs(tmp_path: Path) -> None:
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     proc = subprocess.run(
         [sys.executable, str(root / "examples" / "transformers_tutorial.py"), str(tmp_path / "hf"), "--steps", "3"],
         capture_output=True, text=True, timeout=300,

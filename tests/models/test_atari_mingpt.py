@@ -30,7 +30,7 @@ from dtrl.policy import DecisionTransformerPolicy
 from dtrl.train import train
 from test_atari import frame_dataset
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 MINGPT = dict(
     timestep_embedding="segment", position_embedding="learned", embedding_tanh=True, embedding_layernorm=False,
     action_head_bias=False, activation="gelu_exact", init="mingpt",

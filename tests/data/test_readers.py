@@ -18,7 +18,7 @@ from minari.data_collector import EpisodeBuffer
 from dtrl.data import EpisodeDataset, open_dataset as load_dataset, read_d4rl, read_minari
 from dtrl.errors import DtrlError
 
-DOOR = Path(__file__).resolve().parents[2] / "shared" / "data" / "door-human-v0.hdf5"
+DOOR = Path(__file__).resolve().parents[3] / "shared" / "data" / "door-human-v0.hdf5"
 
 
 def raises_one_line(match: str) -> Any:

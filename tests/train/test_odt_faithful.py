@@ -34,7 +34,7 @@ from test_variants import reach_dataset
 
 torch_optimizer = pytest.importorskip("torch_optimizer", reason='optimizer=lamb needs pip install "dtrl[odt]"')
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 ODT_CONFIG = ROOT / "configs" / "odt_hopper.yaml"
 
 # ODT's hopper run, `python main.py` (facebookresearch/online-dt c376fa1), as dtrl config keys.
