@@ -26,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import environment, save
 
+from common import environment, save
 from dtrl.collect.atari import collect_atari
 from dtrl.config import load_config
 from dtrl.data.episodes import EpisodeDataset
@@ -42,8 +42,11 @@ ROOT = Path(__file__).resolve().parent.parent
 def summary(returns: np.ndarray, lengths: np.ndarray, env_id: str) -> dict:
     """Returns, their mean and spread, episode length and the gamer-normalised score."""
     return {
-        "return_mean": float(returns.mean()), "return_std": float(returns.std()), "length_mean": float(lengths.mean()),
-        "gamer_normalised": float(atari.gamer_normalized(returns.mean(), env_id)), "returns": returns.tolist(),
+        "return_mean": float(returns.mean()),
+        "return_std": float(returns.std()),
+        "length_mean": float(lengths.mean()),
+        "gamer_normalised": float(atari.gamer_normalized(returns.mean(), env_id)),
+        "returns": returns.tolist(),
     }
 
 
@@ -70,16 +73,25 @@ def main() -> None:
 
     t0 = time.perf_counter()
     path = collect_atari(
-        env_id, transitions=args.transitions, agent_steps=args.agent_steps, cache_dir=args.work_dir / "data",
-        hyperparams={"n_epochs": args.agent_epochs}, log=print,
+        env_id,
+        transitions=args.transitions,
+        agent_steps=args.agent_steps,
+        cache_dir=args.work_dir / "data",
+        hyperparams={"n_epochs": args.agent_epochs},
+        log=print,
     )
     data = EpisodeDataset.load(path)
     returns = data.episode_returns
     out["dataset"] = {
-        "path": str(path), "collect_wall_s": round(time.perf_counter() - t0, 1), "agent": data.metadata["agent"],
-        "episodes": data.num_episodes, "transitions": len(data),
-        "return_mean": float(returns.mean()), "return_max": float(returns.max()),
-        "frame_bytes": int(data.observations[0].nbytes), "observations_nbytes": int(data.observations.nbytes),
+        "path": str(path),
+        "collect_wall_s": round(time.perf_counter() - t0, 1),
+        "agent": data.metadata["agent"],
+        "episodes": data.num_episodes,
+        "transitions": len(data),
+        "return_mean": float(returns.mean()),
+        "return_max": float(returns.max()),
+        "frame_bytes": int(data.observations[0].nbytes),
+        "observations_nbytes": int(data.observations.nbytes),
         "npz_bytes": path.stat().st_size,
         "gamer_normalised_mean": float(atari.gamer_normalized(returns.mean(), env_id)),
     }
@@ -90,10 +102,17 @@ def main() -> None:
         for method, conditioned in (("DT", True), ("BC", False)):
             run_dir = args.work_dir / f"{method.lower()}-seed{seed}"
             overrides = [
-                f"dataset={path}", f"out_dir={run_dir}", f"seed={seed}",
-                f"steps={args.steps}", f"batch_size={args.batch_size}", "num_threads=1", f"checkpoint_every={args.steps}",
-                f"eval_episodes={args.episodes}", f"eval_max_episode_steps={args.max_episode_steps}",
-                f"target_returns=[{target}]", f"model.condition_on_return={str(conditioned).lower()}",
+                f"dataset={path}",
+                f"out_dir={run_dir}",
+                f"seed={seed}",
+                f"steps={args.steps}",
+                f"batch_size={args.batch_size}",
+                "num_threads=1",
+                f"checkpoint_every={args.steps}",
+                f"eval_episodes={args.episodes}",
+                f"eval_max_episode_steps={args.max_episode_steps}",
+                f"target_returns=[{target}]",
+                f"model.condition_on_return={str(conditioned).lower()}",
                 "eval_sample_actions=false",
             ]
             if args.context_length:
@@ -102,7 +121,9 @@ def main() -> None:
             row: dict = {"method": method, "seed": seed, "target_return": target}
             t1 = time.perf_counter()
             if not (args.reuse_runs and (run_dir / "eval.json").is_file()):
-                train(load_config(config_file, overrides))  # then evaluates into eval.json: episode i from seed `seed + i`
+                train(
+                    load_config(config_file, overrides)
+                )  # then evaluates into eval.json: episode i from seed `seed + i`
                 row["train_and_eval_wall_s"] = round(time.perf_counter() - t1, 1)
             metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
             losses = [m["train/loss"] for m in metrics if "train/loss" in m]
@@ -113,7 +134,9 @@ def main() -> None:
             policy = DecisionTransformerPolicy.load(run_dir, device="cpu", kv_cache=True)
             policy.sample_actions(seed)
             t2 = time.perf_counter()
-            (res,) = evaluate(policy, env_id, [target], args.episodes, seed=seed, max_episode_steps=args.max_episode_steps)
+            (res,) = evaluate(
+                policy, env_id, [target], args.episodes, seed=seed, max_episode_steps=args.max_episode_steps
+            )
             row["sampled"] = summary(res.returns, res.lengths, env_id) | {"wall_s": round(time.perf_counter() - t2, 1)}
             rows.append(row)
             print(row)

@@ -63,8 +63,10 @@ def result_rows(game: str, result: dict) -> list[str]:
     )
     diff = paired_differences(result)
     half = 1.96 * diff.std(ddof=1) / np.sqrt(len(diff))
-    rows.append(f"| {game.capitalize()} | DT − BC | | above on {int(np.sum(dt > bc))} of {len(dt)} seeds; per paired episode "
-                f"{diff.mean():+.1f} ± {half:.1f} (95% CI, {len(diff)} pairs) | | | |")
+    rows.append(
+        f"| {game.capitalize()} | DT − BC | | above on {int(np.sum(dt > bc))} of {len(dt)} seeds; per paired episode "
+        f"{diff.mean():+.1f} ± {half:.1f} (95% CI, {len(diff)} pairs) | | | |"
+    )
     return rows
 
 
@@ -80,14 +82,18 @@ def main() -> None:
     p.add_argument("--suffix", default="", help="results/atari_<game><suffix>.json")
     args = p.parse_args()
     results = {g: json.loads((RESULTS / f"atari_{g}{args.suffix}.json").read_text()) for g in args.games}
-    print("| game | agent steps | agent wall time | training episodes (return mean / last 100 / max) | "
-          "subset: episodes, transitions | subset return mean / max | subset gamer-normalised | frames in RAM | `.npz` on disk |")
+    print(
+        "| game | agent steps | agent wall time | training episodes (return mean / last 100 / max) | "
+        "subset: episodes, transitions | subset return mean / max | subset gamer-normalised | frames in RAM | `.npz` on disk |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for game, result in results.items():
         print(data_row(game, result))
     print()
-    print("| game | policy | seeds | return per seed (sampled actions, 10 episodes each) | "
-          "gamer-normalised, mean ± std over seeds | most likely action | paper (500k transitions, full budget) |")
+    print(
+        "| game | policy | seeds | return per seed (sampled actions, 10 episodes each) | "
+        "gamer-normalised, mean ± std over seeds | most likely action | paper (500k transitions, full budget) |"
+    )
     print("|---|---|---|---|---|---|---|")
     for game, result in results.items():
         print("\n".join(result_rows(game, result)))
@@ -98,8 +104,11 @@ def main() -> None:
         span = f"training + evaluation {min(walls):.0f}-{max(walls):.0f} s per run, " if walls else ""
         if reused:
             span += f"{reused} of {len(result['runs'])} runs reused from an earlier call (`--reuse-runs`), "
-        print(f"* {game.capitalize()}: `{result['command']}` ({result['date']}; {span}{result['total_wall_s']:.0f} s "
-              f"in all; load average {result.get('load_average_1_5_15min')})")
+        print(
+            f"* {game.capitalize()}: `{result['command']}` ({result['date']}; {span}{result['total_wall_s']:.0f} s "
+            f"in all; load average {result.get('load_average_1_5_15min')})"
+        )
+
 
 if __name__ == "__main__":
     main()

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -142,7 +143,9 @@ def train_and_evaluate(
         returns, lengths = rollout(
             env_id,
             eval_seed + np.arange(episodes),
-            lambda obs, reward: algo.predict(obs.reshape(len(obs), -1).astype(np.float32)).reshape(len(obs), *act_shape),
+            lambda obs, reward: algo.predict(obs.reshape(len(obs), -1).astype(np.float32)).reshape(
+                len(obs), *act_shape
+            ),
         )
         result = EvalResult(None, returns, lengths, ref)
         curve.append((epoch * per_epoch, result))

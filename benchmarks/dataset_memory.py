@@ -34,11 +34,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import save  # noqa: E402
-
-from dtrl.data import EpisodeDataset, open_dataset  # noqa: E402
-from dtrl.data.sampler import SegmentSampler  # noqa: E402
-from dtrl.data.store import write_store  # noqa: E402
+from common import save
+from dtrl.data import EpisodeDataset, open_dataset
+from dtrl.data.sampler import SegmentSampler
+from dtrl.data.store import write_store
 
 KEYS = ("observations", "actions", "rewards", "terminations", "truncations", "episode_starts")
 
@@ -116,7 +115,9 @@ def main() -> None:
         return
     results = {}
     for name, path in make_sources(args.workdir / str(args.transitions), args.transitions).items():
-        out = subprocess.run([sys.executable, __file__, "--child", str(path)], capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [sys.executable, __file__, "--child", str(path)], capture_output=True, text=True, check=True
+        )
         results[name] = json.loads(out.stdout.splitlines()[-1])
     save("dataset_memory", {"transitions": args.transitions, "formats": results})
 

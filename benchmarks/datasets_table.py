@@ -67,8 +67,10 @@ def main() -> None:
             rows.append(dataset_row(data, path))
             if kind == "medium":
                 summaries.append(env_summary(family, data))
-    print("| dataset | recording wall time (s) | transitions | episodes | return mean | return max "
-          "| normalised score of the data (mean) | truncated episodes | size (.npz) |")
+    print(
+        "| dataset | recording wall time (s) | transitions | episodes | return mean | return max "
+        "| normalised score of the data (mean) | truncated episodes | size (.npz) |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     print("\n".join(rows))
     print()

@@ -33,11 +33,10 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import save  # noqa: E402
-
-from dtrl.config import ModelConfig  # noqa: E402
-from dtrl.data.readers import QUICKSTART_DATASET, open_dataset  # noqa: E402
-from dtrl.models import DecisionTransformer  # noqa: E402
+from common import save
+from dtrl.config import ModelConfig
+from dtrl.data.readers import QUICKSTART_DATASET, open_dataset
+from dtrl.models import DecisionTransformer
 
 SEED = 0
 RUNS = {
@@ -53,8 +52,17 @@ def run(name: str, spec: dict[str, int], data: Path, work: Path, steps: int) -> 
     shutil.rmtree(out, ignore_errors=True)
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={spec['procs']}"]
     cmd = (launcher if spec["procs"] > 1 else [sys.executable]) + [
-        "-m", "dtrl", "train", f"dataset={data}", f"out_dir={out}", f"steps={steps}", f"batch_size={spec['batch']}",
-        "num_threads=1", f"log_every={steps // 6}", f"checkpoint_every={steps}", f"seed={SEED}",
+        "-m",
+        "dtrl",
+        "train",
+        f"dataset={data}",
+        f"out_dir={out}",
+        f"steps={steps}",
+        f"batch_size={spec['batch']}",
+        "num_threads=1",
+        f"log_every={steps // 6}",
+        f"checkpoint_every={steps}",
+        f"seed={SEED}",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run(cmd, check=True, capture_output=True, env=env, timeout=1800)

@@ -57,29 +57,29 @@ import json
 import shutil
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, environment  # noqa: E402
-
-import dtrl  # noqa: E402
-from dtrl.calibrate import calibrate  # noqa: E402
-from dtrl.config import FinetuneConfig, load_config  # noqa: E402
-from dtrl.data.episodes import EpisodeDataset  # noqa: E402
-from dtrl.data.readers import open_dataset  # noqa: E402
-from dtrl.errors import DtrlError  # noqa: E402
-from dtrl.evaluate import EvalResult, evaluate  # noqa: E402
-from dtrl.io import append_line, atomic_write  # noqa: E402
-from dtrl.plot import plot_seeds, save_figure  # noqa: E402
-from dtrl.tracking import package_versions  # noqa: E402
-from dtrl.train import train  # noqa: E402
-from dtrl.train.finetune import finetune  # noqa: E402
-from dtrl.train.stacked import train_stacked  # noqa: E402
+import dtrl
+from common import RESULTS, environment
+from dtrl.calibrate import calibrate
+from dtrl.config import FinetuneConfig, load_config
+from dtrl.data.episodes import EpisodeDataset
+from dtrl.data.readers import open_dataset
+from dtrl.errors import DtrlError
+from dtrl.evaluate import EvalResult, evaluate
+from dtrl.io import append_line, atomic_write
+from dtrl.plot import plot_seeds, save_figure
+from dtrl.tracking import package_versions
+from dtrl.train import train
+from dtrl.train.finetune import finetune
+from dtrl.train.stacked import train_stacked
 
 METHODS = ("dt", "bc", "pbc", "tbc", "cql", "iql", "dc", "odt")
 DT_FAMILY = ("dt", "bc", "pbc", "tbc", "dc", "odt")
@@ -111,7 +111,11 @@ code (configs/odt_hopper.yaml) beyond the network's size and the budget: the sto
 embedding, 5 steps when acting, LAMB with weight decay 5e-4, the temperature's own Adam, ODT's initialisation
 (and, online, the optimiser carried on from pre-training). The MLP BC: the MLP, trained without gradient
 clipping as the paper's ``ActTrainer`` (%BC adds ``top_fraction``). The transformer BC: no return token."""
-PAPER_DATASETS = [f"{env}-{kind}" for env in ("hopper", "halfcheetah", "walker2d") for kind in ("medium", "medium-replay", "medium-expert")]
+PAPER_DATASETS = [
+    f"{env}-{kind}"
+    for env in ("hopper", "halfcheetah", "walker2d")
+    for kind in ("medium", "medium-replay", "medium-expert")
+]
 EVAL_SEED = 1_000_000
 COLUMNS = [
     "method", "dataset", "env_id", "seed", "budget", "steps", "eval_seed", "episodes", "target_return",
@@ -163,7 +167,9 @@ class Budget:
 
 
 BUDGETS = {
-    "full": Budget(100_000, 10, 100, 10, 10, small_dt=False, online_steps=200_000, online_updates=300, online_batch_size=256),
+    "full": Budget(
+        100_000, 10, 100, 10, 10, small_dt=False, online_steps=200_000, online_updates=300, online_batch_size=256
+    ),
     "cpu-reduced": Budget(200, 2, 10, 6, 5, small_dt=True, online_steps=5_000, online_updates=20, online_batch_size=64),
 }
 
@@ -223,8 +229,12 @@ def run_dt_family(
     for seed, result in zip(seeds, results):
         calibration = ""
         if method == "dt":
-            report = calibrate(policies[seed], env_id, dataset, budget.calibration_points, budget.calibration_episodes, EVAL_SEED)
-            calibration = " ".join(f"{r['target_return']:.1f}:{r['return_mean']:.1f}:{r['return_std']:.1f}" for r in report["results"])
+            report = calibrate(
+                policies[seed], env_id, dataset, budget.calibration_points, budget.calibration_episodes, EVAL_SEED
+            )
+            calibration = " ".join(
+                f"{r['target_return']:.1f}:{r['return_mean']:.1f}:{r['return_std']:.1f}" for r in report["results"]
+            )
         out[seed] = (curves[seed], calibration, Path(result.run_dir))
     return out
 
@@ -300,7 +310,9 @@ def run_cells(
         rows = [row(method, seed, curve, seconds, target, calibration)]
         if method == "odt":
             online_dir = seed_dir.with_name(f"{seed_dir.name}-online-{online}")
-            online_curve, online_seconds = run_online(seed_dir, dataset, seed, budget, online, target, online_dir, device)
+            online_curve, online_seconds = run_online(
+                seed_dir, dataset, seed, budget, online, target, online_dir, device
+            )
             rows.append(row(ODT_ONLINE, seed, online_curve, online_seconds, target))
         yield rows
 
@@ -394,7 +406,10 @@ def run(args: argparse.Namespace) -> None:
         ):  # fmt: skip
             append_rows(csv_path, rows)
             for row in rows:
-                print(f"{row['method']} {label} seed {row['seed']}: score {row['score_mean']} ({row['train_eval_s']} s)", flush=True)
+                print(
+                    f"{row['method']} {label} seed {row['seed']}: score {row['score_mean']} ({row['train_eval_s']} s)",
+                    flush=True,
+                )
 
 
 # --------------------------------------------------------------------------- report
@@ -422,7 +437,9 @@ def plot_curves(rows: list[dict[str, str]], datasets: list[str], methods: list[s
         for method in methods:
             curves = [np.array(_pairs(r["curve"])) for r in rows if r["dataset"] == name and r["method"] == method]
             if curves:
-                plot_seeds(ax, [(c[:, 0], c[:, 1]) for c in curves], f"{LABELS[method]}, {len(curves)} seeds", colors[method])
+                plot_seeds(
+                    ax, [(c[:, 0], c[:, 1]) for c in curves], f"{LABELS[method]}, {len(curves)} seeds", colors[method]
+                )
         _label(ax, name, "gradient step", "normalised score")
     fig.tight_layout()
     return save_figure(fig, out / CURVES_PNG, dpi=110)
@@ -435,10 +452,21 @@ def plot_calibration(rows: list[dict[str, str]], datasets: list[str], out: Path)
         return None
     fig, axes = _panels(len(names), 4.5)
     for ax, name in zip(axes, names):
-        sweeps = [(np.array(_pairs(r["calibration"])), float(r["dataset_best_return"])) for r in rows if r["dataset"] == name and r["calibration"]]
+        sweeps = [
+            (np.array(_pairs(r["calibration"])), float(r["dataset_best_return"]))
+            for r in rows
+            if r["dataset"] == name and r["calibration"]
+        ]
         targets = sweeps[0][0][:, 0]
         achieved = np.stack([s[:, 1] for s, _ in sweeps])
-        ax.errorbar(targets, achieved.mean(axis=0), yerr=achieved.std(axis=0), marker="o", capsize=3, label=f"DT ({len(sweeps)} seeds)")
+        ax.errorbar(
+            targets,
+            achieved.mean(axis=0),
+            yerr=achieved.std(axis=0),
+            marker="o",
+            capsize=3,
+            label=f"DT ({len(sweeps)} seeds)",
+        )
         top = max(targets.max(), achieved.max())
         ax.plot([0, top], [0, top], "k--", linewidth=1, label="achieved = target")
         best = sweeps[0][1]
@@ -481,7 +509,9 @@ def _colors() -> list[str]:
     return plt.rcParams["axes.prop_cycle"].by_key()["color"] * 3
 
 
-def targets_met(scores: dict[tuple[str, str], np.ndarray], rows: list[dict[str, str]], datasets: list[str]) -> list[str]:
+def targets_met(
+    scores: dict[tuple[str, str], np.ndarray], rows: list[dict[str, str]], datasets: list[str]
+) -> list[str]:
     """Issue 6's targets, checked on what ran (a missing cell is said to be missing)."""
     lines = []
     for name in [d for d in datasets if d.endswith("medium-replay")]:
@@ -489,13 +519,17 @@ def targets_met(scores: dict[tuple[str, str], np.ndarray], rows: list[dict[str, 
         if dt is None or bc is None:
             lines.append(f"* DT above BC on {name}: not run")
         else:
-            lines.append(f"* DT above BC on {name}: {'yes' if dt.mean() > bc.mean() else '**no**'} ({dt.mean():.1f} vs {bc.mean():.1f})")
+            lines.append(
+                f"* DT above BC on {name}: {'yes' if dt.mean() > bc.mean() else '**no**'} ({dt.mean():.1f} vs {bc.mean():.1f})"
+            )
     averages = {m: _average(scores, datasets, m) for m in ("dt", "cql")}
     if None in averages.values():
         lines.append("* DT's average ≥ CQL's: not every dataset has both")
     else:
         verdict = "yes" if averages["dt"] >= averages["cql"] else "**no**"
-        lines.append(f"* DT's average ≥ CQL's on these datasets: {verdict} ({averages['dt']:.1f} vs {averages['cql']:.1f})")
+        lines.append(
+            f"* DT's average ≥ CQL's on these datasets: {verdict} ({averages['dt']:.1f} vs {averages['cql']:.1f})"
+        )
     for name in datasets:
         sweeps = [np.array(_pairs(r["calibration"])) for r in rows if r["dataset"] == name and r["calibration"]]
         if not sweeps:
@@ -563,7 +597,11 @@ def report(out: Path) -> Path:
         raise DtrlError(f"{out / CSV_FILE} holds no finished cells yet: run the benchmark first")
     budgets = sorted({(r["budget"], int(r["steps"])) for r in every})
     full_budget = ("full", BUDGETS["full"].steps)
-    shown = full_budget if full_budget in budgets else max(budgets, key=lambda b: sum((r["budget"], int(r["steps"])) == b for r in every))
+    shown = (
+        full_budget
+        if full_budget in budgets
+        else max(budgets, key=lambda b: sum((r["budget"], int(r["steps"])) == b for r in every))
+    )
     rows = [r for r in every if (r["budget"], int(r["steps"])) == shown]
     # Online DT rows of one online budget only: the most common, then the largest
     online_budgets = sorted({_online_steps(r) for r in rows if r["method"] in ODT_STAGES})
@@ -657,7 +695,9 @@ def report(out: Path) -> Path:
         *[f"| {d} | " + " | ".join(_published(PUBLISHED_VARIANTS[d][m]) for m in VARIANTS) + " |" for d in datasets if d in PUBLISHED_VARIANTS],
     ]  # fmt: skip
     if not any(d in PUBLISHED for d in datasets):  # no paper dataset shown: the tables would be empty
-        lines = lines[: lines.index("## Published numbers, for context only") + 2] + ["None of the datasets shown is one of the papers'."]
+        lines = lines[: lines.index("## Published numbers, for context only") + 2] + [
+            "None of the datasets shown is one of the papers'."
+        ]
     lines += [
         "",
         "## Targets, on what ran",
@@ -743,7 +783,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--datasets", type=lambda s: [d for d in s.split(",") if d], default=PAPER_DATASETS)
     p.add_argument("--methods", type=_methods, default=list(METHODS))
     p.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[0, 1, 2])
-    p.add_argument("--pbc-fraction", type=float, default=0.1, help="%%BC keeps the best episodes holding this fraction of the timesteps")
+    p.add_argument(
+        "--pbc-fraction",
+        type=float,
+        default=0.1,
+        help="%%BC keeps the best episodes holding this fraction of the timesteps",
+    )
     p.add_argument(
         "--online-steps", type=int, default=0,
         help="Online DT's online budget in environment steps (default: the budget's, cpu-reduced 5000, full 200000)",

@@ -31,8 +31,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from common import RESULTS, environment
 
+from common import RESULTS, environment
 from dtrl.config import load_config
 from dtrl.data.episodes import EpisodeDataset
 from dtrl.data.readers import open_dataset
@@ -59,8 +59,14 @@ PAPER = {
     10000: {"dt": 94.6, "pbc": 95.1, "cql": 13.3, "bc": 1.6, "random": 3.1},
 }
 #: DiscreteCQL on an 8-number observation: small Q-network, d3rlpy's DQN-style defaults otherwise.
-CQL_SETTINGS = {"learning_rate": 3e-4, "batch_size": 64, "alpha": 1.0, "gamma": 0.99, "target_update_interval": 500,
-                "hidden_units": [64, 64]}
+CQL_SETTINGS = {
+    "learning_rate": 3e-4,
+    "batch_size": 64,
+    "alpha": 1.0,
+    "gamma": 0.99,
+    "target_update_interval": 500,
+    "hidden_units": [64, 64],
+}
 
 
 def train_dtrl(method: str, dataset: str, seed: int, steps: int | None, out_dir: Path) -> DecisionTransformerPolicy:
@@ -91,12 +97,21 @@ def train_cql(dataset: EpisodeDataset, seed: int, steps: int) -> Any:
     )
     s = CQL_SETTINGS
     algo = d3rlpy.algos.DiscreteCQLConfig(
-        learning_rate=s["learning_rate"], batch_size=s["batch_size"], alpha=s["alpha"], gamma=s["gamma"],
+        learning_rate=s["learning_rate"],
+        batch_size=s["batch_size"],
+        alpha=s["alpha"],
+        gamma=s["gamma"],
         target_update_interval=s["target_update_interval"],
         encoder_factory=d3rlpy.models.encoders.VectorEncoderFactory(s["hidden_units"]),
     ).create(device=False)
-    algo.fit(mdp, n_steps=steps, n_steps_per_epoch=steps, logger_adapter=d3rlpy.logging.NoopAdapterFactory(),
-             show_progress=False, save_interval=10**9)
+    algo.fit(
+        mdp,
+        n_steps=steps,
+        n_steps_per_epoch=steps,
+        logger_adapter=d3rlpy.logging.NoopAdapterFactory(),
+        show_progress=False,
+        save_interval=10**9,
+    )
     return algo
 
 
@@ -121,8 +136,9 @@ def episode_analysis(policy: DecisionTransformerPolicy, seeds: np.ndarray) -> di
                 if pickup is None and info["has_key"]:
                     pickup = t  # the step whose action picked the key up
                 t += 1
-            per_episode.append({"seed": seed, "key": info["has_key"], "success": reward == 1.0, "pickup_step": pickup,
-                                "length": t})
+            per_episode.append(
+                {"seed": seed, "key": info["has_key"], "success": reward == 1.0, "pickup_step": pickup, "length": t}
+            )
             if pickup is None or t <= key_steps + wait_steps:
                 continue
             # the last act() call saw the whole episode (K = the episode's maximum length): recompute its attention
@@ -133,7 +149,7 @@ def episode_analysis(policy: DecisionTransformerPolicy, seeds: np.ndarray) -> di
                 scores = (q @ k.transpose(-1, -2)) / (C // attn.n_head) ** 0.5
                 weights = torch.softmax(scores + torch.full((T, T), float("-inf")).triu(1), dim=-1).mean(0)
                 per_step = weights.reshape(T, T // 3, 3).sum(-1)  # attention each token pays to each timestep
-                rows = per_step[1::3][key_steps + wait_steps:]  # queries: the door-room state tokens
+                rows = per_step[1::3][key_steps + wait_steps :]  # queries: the door-room state tokens
             door_rows.append({"pickup_step": pickup, "attention": rows.mean(0).tolist()})
     finally:
         hook.remove()
@@ -197,39 +213,62 @@ def write_report() -> Path:
     """``results/key_to_door.md`` from the ``key_to_door_<N>.json`` files there: the table beside the paper's."""
     found = {int(p.stem.split("_")[-1]): json.loads(p.read_text()) for p in sorted(RESULTS.glob("key_to_door_*.json"))}
     sizes = sorted(found)
-    cell = {n: {m: f"{r['mean']:.1f}" + (f" ± {r['std']:.1f}" if len(r["per_seed"]) > 1 else "")
-                for m, r in found[n]["success_rate_percent"].items()} for n in sizes}
+    cell = {
+        n: {
+            m: f"{r['mean']:.1f}" + (f" ± {r['std']:.1f}" if len(r["per_seed"]) > 1 else "")
+            for m, r in found[n]["success_rate_percent"].items()
+        }
+        for n in sizes
+    }
     head = " | ".join(f"{n:,} ours | {n:,} paper" for n in sorted(set(sizes) | set(PAPER)))
-    lines = ["# Key-to-Door: success rate (%)", "",
-             "Made by `benchmarks/key_to_door.py` (docs/key-to-door.md). Ours: mean ± std over training seeds, each "
-             "evaluated on the same held-out episode seeds (random: one evaluation, nothing to train); a blank cell was not run. Paper: Chen et al. 2021, "
-             "table 5, on the paper's own Key-to-Door (random policy 3.1 % there, about 7 % here): context, not a "
-             "comparison of numbers.", "", f"| method | {head} |", "| --- |" + " ---: |" * (2 * len(set(sizes) | set(PAPER)))]
+    lines = [
+        "# Key-to-Door: success rate (%)",
+        "",
+        "Made by `benchmarks/key_to_door.py` (docs/key-to-door.md). Ours: mean ± std over training seeds, each "
+        "evaluated on the same held-out episode seeds (random: one evaluation, nothing to train); a blank cell was not run. Paper: Chen et al. 2021, "
+        "table 5, on the paper's own Key-to-Door (random policy 3.1 % there, about 7 % here): context, not a "
+        "comparison of numbers.",
+        "",
+        f"| method | {head} |",
+        "| --- |" + " ---: |" * (2 * len(set(sizes) | set(PAPER))),
+    ]
     for m in METHODS:
-        row = [f"{cell[n].get(m, '')} | {PAPER.get(n, {}).get(m, '')}" if n in cell else f" | {PAPER[n].get(m, '')}"
-               for n in sorted(set(sizes) | set(PAPER))]
+        row = [
+            f"{cell[n].get(m, '')} | {PAPER.get(n, {}).get(m, '')}" if n in cell else f" | {PAPER[n].get(m, '')}"
+            for n in sorted(set(sizes) | set(PAPER))
+        ]
         lines.append(f"| {LABELS[m]} | " + " | ".join(row) + " |")
     for n in sizes:
         r = found[n]
         env, st = r["environment"], r["settings"]
-        per_seed = "; ".join(f"{LABELS[m]} {', '.join(f'{x:.0f}' for x in v['per_seed'])}"
-                             for m, v in r["success_rate_percent"].items())
-        lines += ["", f"## {n:,} trajectories", "",
-                  f"- data: `{r['dataset']['name']}`, {r['dataset']['episodes']} episodes, "
-                  f"{r['dataset']['transitions']} transitions, mean return {r['dataset']['return_mean']:.3f}; the random "
-                  f"policy picked the key up in {100 * key_pickup_rate(open_dataset(r['dataset']['name'])):.0f} % of them",
-                  f"- command: `{env['command']}`; config `{st['config']}`"
-                  + (f", steps={st['steps']}" if st["steps"] else "") + f"; CQL {st['cql_steps']} steps, {st['cql']}",
-                  f"- training seeds {st['seeds']}; {st['eval_episodes']} evaluation episodes each on seeds {st['eval_seeds']}",
-                  f"- per seed (%): {per_seed}",
-                  f"- wall time {r['wall_time_s'] / 60:.1f} min for everything above (data collection apart: "
-                  "`dtrl data collect` takes seconds); machine: " + env["machine"]
-                  + "; load average (1, 5, 15 min)"
-                  + (f" at the start {r['load_average_at_start']}," if "load_average_at_start" in r else "")
-                  + f" at the end {env['load_average_1_5_15min']} (a machine shared with other jobs)",
-                  f"- versions: {env['versions']}; date {env['date']}"]
-        lines += [f"- superseded, in the JSON's `superseded`: {k} = {v['what']}: {v['mean']:.1f} ± {v['std']:.1f} "
-                  f"(per seed {', '.join(f'{x:.0f}' for x in v['per_seed'])})" for k, v in r.get("superseded", {}).items()]
+        per_seed = "; ".join(
+            f"{LABELS[m]} {', '.join(f'{x:.0f}' for x in v['per_seed'])}" for m, v in r["success_rate_percent"].items()
+        )
+        lines += [
+            "",
+            f"## {n:,} trajectories",
+            "",
+            f"- data: `{r['dataset']['name']}`, {r['dataset']['episodes']} episodes, "
+            f"{r['dataset']['transitions']} transitions, mean return {r['dataset']['return_mean']:.3f}; the random "
+            f"policy picked the key up in {100 * key_pickup_rate(open_dataset(r['dataset']['name'])):.0f} % of them",
+            f"- command: `{env['command']}`; config `{st['config']}`"
+            + (f", steps={st['steps']}" if st["steps"] else "")
+            + f"; CQL {st['cql_steps']} steps, {st['cql']}",
+            f"- training seeds {st['seeds']}; {st['eval_episodes']} evaluation episodes each on seeds {st['eval_seeds']}",
+            f"- per seed (%): {per_seed}",
+            f"- wall time {r['wall_time_s'] / 60:.1f} min for everything above (data collection apart: "
+            "`dtrl data collect` takes seconds); machine: "
+            + env["machine"]
+            + "; load average (1, 5, 15 min)"
+            + (f" at the start {r['load_average_at_start']}," if "load_average_at_start" in r else "")
+            + f" at the end {env['load_average_1_5_15min']} (a machine shared with other jobs)",
+            f"- versions: {env['versions']}; date {env['date']}",
+        ]
+        lines += [
+            f"- superseded, in the JSON's `superseded`: {k} = {v['what']}: {v['mean']:.1f} ± {v['std']:.1f} "
+            f"(per seed {', '.join(f'{x:.0f}' for x in v['per_seed'])})"
+            for k, v in r.get("superseded", {}).items()
+        ]
         if "dt_analysis" in r:
             a = r["dt_analysis"]
             eps = a["episodes"]
@@ -238,14 +277,18 @@ def write_report() -> Path:
             on_pickup = np.mean([row["attention"][row["pickup_step"]] for row in rows])
             on_key_room = np.mean([np.mean(row["attention"][: env.key_steps]) for row in rows])
             on_door_room = np.mean([np.mean(row["attention"][env.key_steps + env.wait_steps :]) for row in rows])
-            lines += ["", f"DT of seed {st['seeds'][0]}, target return 1, the {len(eps)} evaluation episodes: the key was picked up "
-                      f"in {a['episodes_with_key']}; success {100 * a['success_with_key']:.0f} % of those with the key, "
-                      f"{100 * a['success_without_key']:.0f} % without (no reward is possible without it). Right: the "
-                      "last layer's attention from the door-room state tokens to each earlier timestep, aligned on the "
-                      f"key pick-up step and averaged over the episodes with the key: {on_pickup:.3f} on the pick-up step "
-                      f"against {on_key_room:.3f} per key-room step on average"
-                      f" and {on_door_room:.3f} per door-room step.", "",
-                      f"![DT analysis, {n} trajectories](key_to_door_{n}_analysis.png)"]
+            lines += [
+                "",
+                f"DT of seed {st['seeds'][0]}, target return 1, the {len(eps)} evaluation episodes: the key was picked up "
+                f"in {a['episodes_with_key']}; success {100 * a['success_with_key']:.0f} % of those with the key, "
+                f"{100 * a['success_without_key']:.0f} % without (no reward is possible without it). Right: the "
+                "last layer's attention from the door-room state tokens to each earlier timestep, aligned on the "
+                f"key pick-up step and averaged over the episodes with the key: {on_pickup:.3f} on the pick-up step "
+                f"against {on_key_room:.3f} per key-room step on average"
+                f" and {on_door_room:.3f} per door-room step.",
+                "",
+                f"![DT analysis, {n} trajectories](key_to_door_{n}_analysis.png)",
+            ]
     text = "\n".join(lines) + "\n"
     path = RESULTS / "key_to_door.md"
     atomic_write(path, lambda f: f.write(text.encode()))
@@ -305,10 +348,19 @@ def main() -> None:
     table = {m: {**summarise(r), "runs": r, "paper": PAPER.get(args.episodes, {}).get(m)} for m, r in runs.items()}
     out = {
         "environment": environment(),
-        "dataset": {"name": name, **{k: v for k, v in dataset.summary().items() if k in ("episodes", "transitions", "return_mean")}},
-        "settings": {"config": str(CONFIG.relative_to(CONFIG.parent.parent)), "steps": args.steps or None,
-                     "cql_steps": args.cql_steps, "cql": CQL_SETTINGS, "eval_episodes": args.eval_episodes,
-                     "eval_seeds": f"{args.eval_seed}..{args.eval_seed + args.eval_episodes - 1}", "seeds": args.seeds},
+        "dataset": {
+            "name": name,
+            **{k: v for k, v in dataset.summary().items() if k in ("episodes", "transitions", "return_mean")},
+        },
+        "settings": {
+            "config": str(CONFIG.relative_to(CONFIG.parent.parent)),
+            "steps": args.steps or None,
+            "cql_steps": args.cql_steps,
+            "cql": CQL_SETTINGS,
+            "eval_episodes": args.eval_episodes,
+            "eval_seeds": f"{args.eval_seed}..{args.eval_seed + args.eval_episodes - 1}",
+            "seeds": args.seeds,
+        },
         "success_rate_percent": table,
         "wall_time_s": round(time.perf_counter() - started, 1),
         "load_average_at_start": load_at_start,

@@ -35,12 +35,11 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import save  # noqa: E402
-
-from dtrl.config import ModelConfig, load_config  # noqa: E402
-from dtrl.data.sampler import Batch  # noqa: E402
-from dtrl.models import DecisionTransformer  # noqa: E402
-from dtrl.train.step import action_loss, build_optimizer  # noqa: E402
+from common import save
+from dtrl.config import ModelConfig, load_config
+from dtrl.data.sampler import Batch
+from dtrl.models import DecisionTransformer
+from dtrl.train.step import action_loss, build_optimizer
 
 SEED = 0
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "large.yaml"
@@ -54,7 +53,9 @@ def one(batch_size: int, checkpointing: bool, steps: int) -> dict[str, Any]:
     """Runs in its own process so that peak memory belongs to this configuration alone."""
     torch.set_num_threads(1)
     torch.manual_seed(SEED)
-    config = load_config(CONFIG, [f"batch_size={batch_size}", f"model.activation_checkpointing={str(checkpointing).lower()}"])
+    config = load_config(
+        CONFIG, [f"batch_size={batch_size}", f"model.activation_checkpointing={str(checkpointing).lower()}"]
+    )
     model_config = ModelConfig(**{**config.model.__dict__, "observation_dim": 17, "action_dim": 6})
     model = DecisionTransformer(model_config).train()
     optimizer, scheduler = build_optimizer(model, config)

@@ -32,17 +32,17 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import drop_page_cache, save  # noqa: E402
-
-from dtrl.data import Episode  # noqa: E402
-from dtrl.data.store import StoreWriter  # noqa: E402
+from common import drop_page_cache, save
+from dtrl.data import Episode
+from dtrl.data.store import StoreWriter
 
 SEED = 0
 FRAME = (4, 84, 84)
@@ -86,8 +86,16 @@ class MemoryCgroup:
     def stat(self) -> dict[str, int]:
         stat = dict(line.split() for line in (self.path / "memory.stat").read_text().splitlines())
         if self.version == 2:
-            return {"usage": int((self.path / "memory.current").read_text()), "anon": int(stat["anon"]), "file": int(stat["file"])}
-        return {"usage": int((self.path / "memory.usage_in_bytes").read_text()), "anon": int(stat["total_rss"]), "file": int(stat["total_cache"])}
+            return {
+                "usage": int((self.path / "memory.current").read_text()),
+                "anon": int(stat["anon"]),
+                "file": int(stat["file"]),
+            }
+        return {
+            "usage": int((self.path / "memory.usage_in_bytes").read_text()),
+            "anon": int(stat["total_rss"]),
+            "file": int(stat["total_cache"]),
+        }
 
     def run(self, cmd: list[str], timeout: float) -> dict[str, Any]:
         """Run ``cmd`` inside the cgroup, sampling its memory every 0.1 s."""
@@ -134,7 +142,9 @@ def main() -> None:
     store = args.workdir / "store"
     count = max(1, round(args.data_gib * 2**30 / (EPISODE * int(np.prod(FRAME)))))
     t0 = time.perf_counter()
-    with StoreWriter(store, gym.spaces.Box(0, 255, FRAME, np.uint8), gym.spaces.Discrete(4), name="synthetic-atari") as w:
+    with StoreWriter(
+        store, gym.spaces.Box(0, 255, FRAME, np.uint8), gym.spaces.Discrete(4), name="synthetic-atari"
+    ) as w:
         for ep in episodes(count, np.random.default_rng(SEED)):
             w.add(ep)
     store_bytes = sum(f.stat().st_size for f in store.iterdir())
@@ -152,21 +162,39 @@ def main() -> None:
     results["cgroup"] = f"v{cgroup.version} {cgroup.path}"
     try:
         drop_page_cache(store)  # the writer's cached pages belong to this (unlimited) process
-        copy = "import numpy as np; from dtrl.data.store import open_store; np.array(open_store(%r).observations)" % str(store)
+        copy = f"import numpy as np; from dtrl.data.store import open_store; np.array(open_store({str(store)!r}).observations)"
         results["control_copy_into_ram"] = cgroup.run([sys.executable, "-c", copy], timeout=600)
         run_dir = args.workdir / "run"
         train = [
-            sys.executable, "-m", "dtrl", "train", f"dataset={store}", f"out_dir={run_dir}", f"steps={args.steps}",
-            "batch_size=32", "model.context_length=10", "model.n_layer=2", "model.n_head=2", "model.n_embd=64",
-            "model.dropout=0", "learning_rate=3e-4", "warmup_steps=20", "reward_scale=1", "num_threads=1",
-            f"log_every={max(1, args.steps // 8)}", f"checkpoint_every={args.steps}", f"seed={SEED}",
+            sys.executable,
+            "-m",
+            "dtrl",
+            "train",
+            f"dataset={store}",
+            f"out_dir={run_dir}",
+            f"steps={args.steps}",
+            "batch_size=32",
+            "model.context_length=10",
+            "model.n_layer=2",
+            "model.n_head=2",
+            "model.n_embd=64",
+            "model.dropout=0",
+            "learning_rate=3e-4",
+            "warmup_steps=20",
+            "reward_scale=1",
+            "num_threads=1",
+            f"log_every={max(1, args.steps // 8)}",
+            f"checkpoint_every={args.steps}",
+            f"seed={SEED}",
         ]
         results["train_command"] = " ".join(["python", *train[1:]])
         drop_page_cache(store)
         results["train"] = cgroup.run(train, timeout=3600)
         metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
         results["train"]["loss_logged"] = [(m["step"], round(m["train/loss"], 4)) for m in metrics if "train/loss" in m]
-        results["train"]["steps_per_second"] = round(float(np.mean([m["train/steps_per_second"] for m in metrics[1:]])), 2)
+        results["train"]["steps_per_second"] = round(
+            float(np.mean([m["train/steps_per_second"] for m in metrics[1:]])), 2
+        )
     finally:
         cgroup.remove()
         if not args.keep:

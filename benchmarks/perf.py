@@ -44,38 +44,39 @@ import os
 # Must be set before torch loads its OpenMP runtime; applies to every method measured alike.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import logging  # noqa: E402
-import resource  # noqa: E402
-import statistics  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-from importlib.resources import files  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any, Callable  # noqa: E402
+import argparse
+import contextlib
+import json
+import logging
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
 
-import gymnasium as gym  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, environment, save  # noqa: E402
-
-from dtrl.checkpoint import PolicySpec  # noqa: E402
-from dtrl.config import TrainConfig  # noqa: E402
-from dtrl.data.episodes import EpisodeDataset  # noqa: E402
-from dtrl.data.normalizer import Normalizer  # noqa: E402
-from dtrl.data.sampler import SegmentSampler  # noqa: E402
-from dtrl.data.spaces import space_to_dict  # noqa: E402
-from dtrl.io import atomic_write  # noqa: E402
-from dtrl.models import DecisionTransformer  # noqa: E402
-from dtrl.models.decoding import new_cache  # noqa: E402
-from dtrl.policy import DecisionTransformerPolicy  # noqa: E402
-from dtrl.train.run import model_config_for  # noqa: E402
-from dtrl.train.stacking import stack_batches, stack_models, stacked_train_step  # noqa: E402
-from dtrl.train.step import build_optimizer, train_step  # noqa: E402
+from common import RESULTS, environment, save
+from dtrl.checkpoint import PolicySpec
+from dtrl.config import TrainConfig
+from dtrl.data.episodes import EpisodeDataset
+from dtrl.data.normalizer import Normalizer
+from dtrl.data.sampler import SegmentSampler
+from dtrl.data.spaces import space_to_dict
+from dtrl.io import atomic_write
+from dtrl.models import DecisionTransformer
+from dtrl.models.decoding import new_cache
+from dtrl.policy import DecisionTransformerPolicy
+from dtrl.train.run import model_config_for
+from dtrl.train.stacking import stack_batches, stack_models, stacked_train_step
+from dtrl.train.step import build_optimizer, train_step
 
 SEED = 0
 ENV_ID = "Hopper-v5"
@@ -144,8 +145,10 @@ def stacked_trainer(
         torch.manual_seed(seed)
         models.append(DecisionTransformer(model_config))
     stacked = stack_models(models).to(device).train()
-    samplers = [SegmentSampler(dataset, config.model.context_length, config.reward_scale, normalizer, device, seed)
-                for seed in range(seeds)]
+    samplers = [
+        SegmentSampler(dataset, config.model.context_length, config.reward_scale, normalizer, device, seed)
+        for seed in range(seeds)
+    ]
     optimizer, scheduler = build_optimizer(stacked, config)
 
     def step() -> list[float]:
@@ -156,7 +159,12 @@ def stacked_trainer(
 
 
 def measure_stacked(
-    dataset: EpisodeDataset, device: torch.device, precision: str, sizes: list[int], seconds: float, rounds: int,
+    dataset: EpisodeDataset,
+    device: torch.device,
+    precision: str,
+    sizes: list[int],
+    seconds: float,
+    rounds: int,
     config: TrainConfig | None = None,
 ) -> dict[str, Any]:
     """Seed-steps/s (gradient steps summed over seeds) of N stacked seeds against one seed at a time.
@@ -182,14 +190,18 @@ def measure_stacked(
         "precision": precision,
         "sequential_seed_steps_per_second": round(sequential, 2),
         "stacked": {
-            str(n): {"seed_steps_per_second": round(statistics.median(v), 2),
-                     "stack_steps_per_second": round(statistics.median(v) / n, 2),
-                     "speedup_vs_sequential": round(statistics.median(v) / sequential, 2),
-                     "peak_memory_mb": memory[n]}
+            str(n): {
+                "seed_steps_per_second": round(statistics.median(v), 2),
+                "stack_steps_per_second": round(statistics.median(v) / n, 2),
+                "speedup_vs_sequential": round(statistics.median(v) / sequential, 2),
+                "peak_memory_mb": memory[n],
+            }
             for n, v in stack.items()
         },
-        "all_rounds": {"sequential": [round(x, 2) for x in single],
-                       **{str(n): [round(x, 2) for x in v] for n, v in stack.items()}},
+        "all_rounds": {
+            "sequential": [round(x, 2) for x in single],
+            **{str(n): [round(x, 2) for x in v] for n, v in stack.items()},
+        },
     }
 
 
@@ -217,10 +229,19 @@ def hf_model(dataset: EpisodeDataset, device: torch.device) -> torch.nn.Module:
 
     cfg = CONFIG.model
     hf_cfg = DecisionTransformerConfig(
-        state_dim=dataset.observations.shape[1], act_dim=dataset.actions.shape[1], hidden_size=cfg.n_embd,
-        max_ep_len=1000, n_layer=cfg.n_layer, n_head=cfg.n_head, n_inner=cfg.mlp_ratio * cfg.n_embd,
-        activation_function="relu", resid_pdrop=cfg.dropout, embd_pdrop=cfg.dropout, attn_pdrop=cfg.dropout,
-        n_positions=1024, action_tanh=True,
+        state_dim=dataset.observations.shape[1],
+        act_dim=dataset.actions.shape[1],
+        hidden_size=cfg.n_embd,
+        max_ep_len=1000,
+        n_layer=cfg.n_layer,
+        n_head=cfg.n_head,
+        n_inner=cfg.mlp_ratio * cfg.n_embd,
+        activation_function="relu",
+        resid_pdrop=cfg.dropout,
+        embd_pdrop=cfg.dropout,
+        attn_pdrop=cfg.dropout,
+        n_positions=1024,
+        action_tanh=True,
     )
     torch.manual_seed(SEED)
     return DecisionTransformerModel(hf_cfg).to(device)
@@ -236,8 +257,15 @@ def hf_trainer(dataset: EpisodeDataset, device: torch.device) -> Callable[[], fl
 
     def step() -> float:
         b = sampler.sample(CONFIG.batch_size)
-        out = model(states=b.states, actions=b.actions, rewards=None, returns_to_go=b.returns_to_go[..., None],
-                    timesteps=b.timesteps, attention_mask=b.mask.long(), return_dict=True)
+        out = model(
+            states=b.states,
+            actions=b.actions,
+            rewards=None,
+            returns_to_go=b.returns_to_go[..., None],
+            timesteps=b.timesteps,
+            attention_mask=b.mask.long(),
+            return_dict=True,
+        )
         loss = F.mse_loss(out.action_preds[b.mask], b.actions[b.mask])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -258,15 +286,24 @@ def d3rlpy_dt(dataset: EpisodeDataset, device: torch.device) -> tuple[Any, Any]:
     ends[dataset.episode_starts[1:] - 1] = 1.0
     terminals = dataset.terminations.astype(np.float32)
     mdp = d3rlpy.dataset.MDPDataset(
-        dataset.observations.astype(np.float32), dataset.actions.astype(np.float32),
-        dataset.rewards.astype(np.float32).reshape(-1, 1), terminals, timeouts=np.maximum(ends - terminals, 0.0),
+        dataset.observations.astype(np.float32),
+        dataset.actions.astype(np.float32),
+        dataset.rewards.astype(np.float32).reshape(-1, 1),
+        terminals,
+        timeouts=np.maximum(ends - terminals, 0.0),
     )
     algo = d3rlpy.algos.DecisionTransformerConfig(
-        batch_size=CONFIG.batch_size, learning_rate=1e-4, context_size=K, max_timestep=1000,
-        num_heads=1, num_layers=3, activation_type="relu",
+        batch_size=CONFIG.batch_size,
+        learning_rate=1e-4,
+        context_size=K,
+        max_timestep=1000,
+        num_heads=1,
+        num_layers=3,
+        activation_type="relu",
         encoder_factory=d3rlpy.models.VectorEncoderFactory([128], exclude_last_activation=True),
         optim_factory=d3rlpy.optimizers.AdamWFactory(
-            weight_decay=1e-4, clip_grad_norm=0.25,
+            weight_decay=1e-4,
+            clip_grad_norm=0.25,
             lr_scheduler_factory=d3rlpy.optimizers.WarmupSchedulerFactory(warmup_steps=10_000),
         ),
         observation_scaler=d3rlpy.preprocessing.StandardObservationScaler(),
@@ -289,11 +326,16 @@ def d3rlpy_fit_rate(algo: Any, mdp: Any, seconds: float, sync: Callable[[], None
         if len(stamps) > 5 and stamps[-1] - stamps[5] > seconds:
             raise StopIteration  # fit has no time limit: leave it from the callback
 
-    try:
-        algo.fit(mdp, n_steps=10**7, n_steps_per_epoch=10**7, logger_adapter=d3rlpy.logging.NoopAdapterFactory(),
-                 show_progress=False, save_interval=10**9, callback=on_step)
-    except StopIteration:
-        pass
+    with contextlib.suppress(StopIteration):
+        algo.fit(
+            mdp,
+            n_steps=10**7,
+            n_steps_per_epoch=10**7,
+            logger_adapter=d3rlpy.logging.NoopAdapterFactory(),
+            show_progress=False,
+            save_interval=10**9,
+            callback=on_step,
+        )
     return (len(stamps) - 6) / (stamps[-1] - stamps[5])
 
 
@@ -302,8 +344,14 @@ def dtrl_policy(dataset: EpisodeDataset, device: torch.device, kv_cache: bool) -
     normalizer = Normalizer.from_dataset(dataset)
     cfg = model_config_for(dataset, CONFIG.model, normalizer)
     torch.manual_seed(SEED)
-    spec = PolicySpec(cfg, CONFIG.reward_scale, normalizer.to_dict(), space_to_dict(dataset.observation_space),
-                      space_to_dict(dataset.action_space), ENV_ID)
+    spec = PolicySpec(
+        cfg,
+        CONFIG.reward_scale,
+        normalizer.to_dict(),
+        space_to_dict(dataset.observation_space),
+        space_to_dict(dataset.action_space),
+        ENV_ID,
+    )
     return DecisionTransformerPolicy(DecisionTransformer(cfg), spec, device, kv_cache=kv_cache)
 
 
@@ -327,16 +375,24 @@ class HFWindowPolicy:
     def act(self, obs: np.ndarray, reward: np.ndarray) -> np.ndarray:
         n = obs.shape[0]
         if self.t:
-            self.next_rtg = self.next_rtg - torch.as_tensor(reward, dtype=torch.float32).view(n, 1, 1) / CONFIG.reward_scale
+            self.next_rtg = (
+                self.next_rtg - torch.as_tensor(reward, dtype=torch.float32).view(n, 1, 1) / CONFIG.reward_scale
+            )
         s = torch.from_numpy(self.normalizer.states(obs)).to(self.device)[:, None]
         self.states = torch.cat([self.states, s], 1)[:, -K:]
         self.rtg = torch.cat([self.rtg, self.next_rtg], 1)[:, -K:]
         self.actions = torch.cat([self.actions, torch.zeros(n, 1, self.actions.shape[-1])], 1)[:, -K:]
         L = self.states.shape[1]
         timesteps = torch.arange(max(0, self.t + 1 - K), self.t + 1, device=self.device).expand(n, L)
-        _, action_preds, _ = self.model(states=self.states, actions=self.actions, rewards=None, returns_to_go=self.rtg,
-                                        timesteps=timesteps, attention_mask=torch.ones(n, L, dtype=torch.long),
-                                        return_dict=False)
+        _, action_preds, _ = self.model(
+            states=self.states,
+            actions=self.actions,
+            rewards=None,
+            returns_to_go=self.rtg,
+            timesteps=timesteps,
+            attention_mask=torch.ones(n, L, dtype=torch.long),
+            return_dict=False,
+        )
         self.actions[:, -1] = action_preds[:, -1]
         self.t += 1
         return self.normalizer.actions_to_env(action_preds[:, -1].cpu().numpy())
@@ -377,7 +433,7 @@ def measure_latency(
         reset_fast(*args, **kwargs)
         modules._cache = new_cache(modules.model, len(modules._next_rtg), modules.device, fast=False)
 
-    modules.reset = reset_modules  # type: ignore[method-assign]
+    modules.reset = reset_modules  # type: ignore[method-assign]  # the module-by-module cache, on purpose
 
     def latency(reset: Callable[[], Callable[[np.ndarray, float], Any]]) -> float:
         act = reset()
@@ -400,9 +456,13 @@ def measure_latency(
         hf.reset(1, 3600.0)
         return lambda o, r: hf.act(o[None], np.array([r]))
 
-    lat_fns = {"dtrl_kv_cache": single(dtrl_policy(dataset, device, True)), "dtrl_kv_cache_modules": single(modules),
-               "dtrl_full_recompute": single(dtrl_policy(dataset, device, False)),
-               "hf_transformers": hf_single, "d3rlpy": d3_single}
+    lat_fns = {
+        "dtrl_kv_cache": single(dtrl_policy(dataset, device, True)),
+        "dtrl_kv_cache_modules": single(modules),
+        "dtrl_full_recompute": single(dtrl_policy(dataset, device, False)),
+        "hf_transformers": hf_single,
+        "d3rlpy": d3_single,
+    }
     for fn in lat_fns.values():  # warm-up: first calls, allocator, caches
         latency(fn)
     lat: dict[str, list[float]] = {k: [] for k in lat_fns}
@@ -420,12 +480,21 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=3.0, help="timing window of each training measurement")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds; the median is reported")
     parser.add_argument("--eval-scale", type=float, default=1.0, help="multiplies the vector steps timed")
-    parser.add_argument("--stacked", type=lambda s: [int(x) for x in s.split(",")], default=None, metavar="N,N,...",
-                        help="measure only stacked seeds (dtrl train --seeds): N seeds in one process against one "
-                        "seed at a time; writes results/perf_stacked_<device>.json")
+    parser.add_argument(
+        "--stacked",
+        type=lambda s: [int(x) for x in s.split(",")],
+        default=None,
+        metavar="N,N,...",
+        help="measure only stacked seeds (dtrl train --seeds): N seeds in one process against one "
+        "seed at a time; writes results/perf_stacked_<device>.json",
+    )
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="with --stacked: the precision")
-    parser.add_argument("--latency", action="store_true", help="measure only the per-action latency of one stateful "
-                        "policy (dtrl, HF, d3rlpy); writes results/perf_latency_<device>.json")
+    parser.add_argument(
+        "--latency",
+        action="store_true",
+        help="measure only the per-action latency of one stateful "
+        "policy (dtrl, HF, d3rlpy); writes results/perf_latency_<device>.json",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     logging.getLogger().setLevel(logging.WARNING)
@@ -490,7 +559,7 @@ def main() -> None:
         batched = gym.vector.utils.batch_space(action_space, n)
         batched.seed(SEED)
         row = {
-            "raw_simulator": env_rate(n, lambda obs, reward: batched.sample(), steps),
+            "raw_simulator": env_rate(n, lambda obs, reward, space=batched: space.sample(), steps),
             "dtrl_kv_cache": env_rate(n, dtrl_act(cached, n), steps),
             "dtrl_full_recompute": env_rate(n, dtrl_act(window, n), steps),
             "hf_transformers": env_rate(n, hf_act(n), steps),
@@ -507,18 +576,26 @@ def main() -> None:
     import d3rlpy
     import transformers
 
-    env = run_environment(args, d3rlpy=d3rlpy.__version__, transformers=transformers.__version__,
-                          gymnasium=gym.__version__)
+    env = run_environment(
+        args, d3rlpy=d3rlpy.__version__, transformers=transformers.__version__, gymnasium=gym.__version__
+    )
     median = {k: round(statistics.median(v), 2) for k, v in train.items()}
     result = {
         "environment": env,
-        "settings": {"config": "paper gym: K=20, 3 layers, 1 head, 128 wide, MLP 512, relu, dropout 0.1, batch 64",
-                     "dataset": "dtrl quickstart (Hopper-v5)", "seed": SEED, "seconds": args.seconds,
-                     "rounds": args.rounds, "device": args.device},
+        "settings": {
+            "config": "paper gym: K=20, 3 layers, 1 head, 128 wide, MLP 512, relu, dropout 0.1, batch 64",
+            "dataset": "dtrl quickstart (Hopper-v5)",
+            "seed": SEED,
+            "seconds": args.seconds,
+            "rounds": args.rounds,
+            "device": args.device,
+        },
         "train_steps_per_second": median,
         "train_steps_per_second_all_rounds": {k: [round(x, 2) for x in v] for k, v in train.items()},
-        "sampling": {"batches_per_second": round(sample_rate, 1),
-                     "share_of_dtrl_fp32_step": round(median["dtrl_fp32"] / sample_rate, 4)},
+        "sampling": {
+            "batches_per_second": round(sample_rate, 1),
+            "share_of_dtrl_fp32_step": round(median["dtrl_fp32"] / sample_rate, 4),
+        },
         "eval_env_steps_per_second": evaluation,
         "latency_ms_per_action": latency_ms,
         "latency_ms_per_action_all_rounds": {k: [round(x, 4) for x in v] for k, v in lat.items()},
@@ -547,9 +624,13 @@ def stacked_main(args: argparse.Namespace, dataset: EpisodeDataset, device: torc
     """``--stacked``: the stacked-seeds measurement alone, with the context every result carries."""
     result = {
         "environment": run_environment(args),
-        "settings": {"config": "paper gym: K=20, 3 layers, 1 head, 128 wide, MLP 512, relu, dropout 0.1, batch 64 per seed",
-                     "dataset": "dtrl quickstart (Hopper-v5)", "seconds": args.seconds, "rounds": args.rounds,
-                     "device": args.device},
+        "settings": {
+            "config": "paper gym: K=20, 3 layers, 1 head, 128 wide, MLP 512, relu, dropout 0.1, batch 64 per seed",
+            "dataset": "dtrl quickstart (Hopper-v5)",
+            "seconds": args.seconds,
+            "rounds": args.rounds,
+            "device": args.device,
+        },
         **measure_stacked(dataset, device, args.precision, args.stacked, args.seconds, args.rounds),
     }
     publish(f"perf_stacked_{device.type}", result)
@@ -560,13 +641,17 @@ def latency_main(args: argparse.Namespace, dataset: EpisodeDataset, device: torc
     import d3rlpy
     import transformers
 
-    latency_ms, lat = measure_latency(dataset, device, args.rounds, d3rlpy_dt(dataset, device)[0],
-                                      HFWindowPolicy(dataset, device))
+    latency_ms, lat = measure_latency(
+        dataset, device, args.rounds, d3rlpy_dt(dataset, device)[0], HFWindowPolicy(dataset, device)
+    )
     result = {
         "environment": run_environment(args, d3rlpy=d3rlpy.__version__, transformers=transformers.__version__),
-        "settings": {"config": "paper gym: K=20, 3 layers, 1 head, 128 wide, MLP 512, relu; Hopper-v5 shapes (11, 3)",
-                     "stream": "300 steps, one episode per method and round", "rounds": args.rounds,
-                     "device": args.device},
+        "settings": {
+            "config": "paper gym: K=20, 3 layers, 1 head, 128 wide, MLP 512, relu; Hopper-v5 shapes (11, 3)",
+            "stream": "300 steps, one episode per method and round",
+            "rounds": args.rounds,
+            "device": args.device,
+        },
         "latency_ms_per_action": latency_ms,
         "ratio_to_d3rlpy": {k: round(v / latency_ms["d3rlpy"], 3) for k, v in latency_ms.items()},
         "latency_ms_per_action_all_rounds": {k: [round(x, 4) for x in v] for k, v in lat.items()},
@@ -576,77 +661,141 @@ def latency_main(args: argparse.Namespace, dataset: EpisodeDataset, device: torc
 
 def render() -> None:
     """perf.md from every perf_*.json: absolute numbers and ratios against each peer."""
-    lines = ["# Performance: dtrl vs d3rlpy vs HF transformers", "",
-             "Generated by `benchmarks/perf.py` from the JSON files next to this one; every number comes",
-             "from one run of the command shown, all methods measured in the same process.", ""]
+    lines = [
+        "# Performance: dtrl vs d3rlpy vs HF transformers",
+        "",
+        "Generated by `benchmarks/perf.py` from the JSON files next to this one; every number comes",
+        "from one run of the command shown, all methods measured in the same process.",
+        "",
+    ]
     for device in ("cpu", "cuda"):
         path = RESULTS / f"perf_{device}.json"
         if not path.is_file():
-            lines += [f"## {device.upper()}", "", "Not yet measured: no such device in the sessions so far. "
-                      "Run `python benchmarks/perf.py --device cuda` on a GPU machine.", ""]
+            lines += [
+                f"## {device.upper()}",
+                "",
+                "Not yet measured: no such device in the sessions so far. "
+                "Run `python benchmarks/perf.py --device cuda` on a GPU machine.",
+                "",
+            ]
             continue
         r = json.loads(path.read_text())
-        env, tr, ev, lat = r["environment"], r["train_steps_per_second"], r["eval_env_steps_per_second"], r["latency_ms_per_action"]
+        env, tr, ev, lat = (
+            r["environment"],
+            r["train_steps_per_second"],
+            r["eval_env_steps_per_second"],
+            r["latency_ms_per_action"],
+        )
         lat_path, lat_note = RESULTS / f"perf_latency_{device}.json", []
         if lat_path.is_file():  # a later `--latency` run replaces the full run's latency numbers
             lr = json.loads(lat_path.read_text())
             le = lr["environment"]
             if le["date"] > env["date"]:
                 lat = lr["latency_ms_per_action"]
-                lat_note = [f"From a separate run, `{le['command']}` ({le['date']}; torch threads {le['threads']}; "
-                            f"load average {le['load_average_1_5_15min']}; median of {lr['settings']['rounds']} "
-                            f"interleaved rounds; {lat_path.name}), which also gives the latency target above.", ""]
-        lines += [f"## {device.upper()}", "",
-                  f"- command: `{env['command']}`", f"- machine: {env['machine']}; GPU: {env['gpu']}; "
-                  f"torch threads: {env['threads']}, OMP_WAIT_POLICY={env['OMP_WAIT_POLICY']}", f"- load average (1/5/15 min) at the end: {env['load_average_1_5_15min']}",
-                  f"- date: {env['date']}; versions: {', '.join(f'{k} {v}' for k, v in env['versions'].items())}",
-                  f"- settings: {r['settings']['config']}; {r['settings']['dataset']}; seed {r['settings']['seed']}; "
-                  f"median of {r['settings']['rounds']} interleaved rounds", "",
-                  f"The machine's load average over {env['machine'].split(', ')[1]} is part of every number: "
-                  "with other processes on the same cores, absolute rates are a fraction of an idle machine's "
-                  "(for reference, the issue quotes d3rlpy `fit` at 8.1 steps/s on an idle 2-core CPU). "
-                  "The ratios compare methods measured in the same process, interleaved, as medians over "
-                  "the rounds (every round is in the JSON), and still carry that noise.", "",
-                  "`dtrl KV cache` decodes incrementally: identical to the paper's full recompute for the first "
-                  "K steps, sliding-window attention after (see docs/performance.md); `dtrl full recompute` is "
-                  "the paper's protocol and dtrl's default.", "",
-                  "### Against the targets of the performance issue (ratios measured side by side)", "",
-                  "| target | measured | met |", "|---|---|---|"]
+                lat_note = [
+                    f"From a separate run, `{le['command']}` ({le['date']}; torch threads {le['threads']}; "
+                    f"load average {le['load_average_1_5_15min']}; median of {lr['settings']['rounds']} "
+                    f"interleaved rounds; {lat_path.name}), which also gives the latency target above.",
+                    "",
+                ]
+        lines += [
+            f"## {device.upper()}",
+            "",
+            f"- command: `{env['command']}`",
+            f"- machine: {env['machine']}; GPU: {env['gpu']}; "
+            f"torch threads: {env['threads']}, OMP_WAIT_POLICY={env['OMP_WAIT_POLICY']}",
+            f"- load average (1/5/15 min) at the end: {env['load_average_1_5_15min']}",
+            f"- date: {env['date']}; versions: {', '.join(f'{k} {v}' for k, v in env['versions'].items())}",
+            f"- settings: {r['settings']['config']}; {r['settings']['dataset']}; seed {r['settings']['seed']}; "
+            f"median of {r['settings']['rounds']} interleaved rounds",
+            "",
+            f"The machine's load average over {env['machine'].split(', ')[1]} is part of every number: "
+            "with other processes on the same cores, absolute rates are a fraction of an idle machine's "
+            "(for reference, the issue quotes d3rlpy `fit` at 8.1 steps/s on an idle 2-core CPU). "
+            "The ratios compare methods measured in the same process, interleaved, as medians over "
+            "the rounds (every round is in the JSON), and still carry that noise.",
+            "",
+            "`dtrl KV cache` decodes incrementally: identical to the paper's full recompute for the first "
+            "K steps, sliding-window attention after (see docs/performance.md); `dtrl full recompute` is "
+            "the paper's protocol and dtrl's default.",
+            "",
+            "### Against the targets of the performance issue (ratios measured side by side)",
+            "",
+            "| target | measured | met |",
+            "|---|---|---|",
+        ]
         best = max(tr["dtrl_fp32"], tr["dtrl_bf16"])
         checks = [
             ("CPU training ≥ 1.4× d3rlpy `fit` (best dtrl precision)", best / tr["d3rlpy_fit"], 1.4, True),
-            ("exact fp32 path ≥ 0.97× the plain model-only floor", tr["dtrl_fp32"] / tr["plain_floor_fp32"], 0.97, True),
+            (
+                "exact fp32 path ≥ 0.97× the plain model-only floor",
+                tr["dtrl_fp32"] / tr["plain_floor_fp32"],
+                0.97,
+                True,
+            ),
             ("sampling < 3% of a step (%)", 100 * r["sampling"]["share_of_dtrl_fp32_step"], 3.0, False),
-            ("50 parallel episodes ≥ 50% of the raw simulator rate (KV cache, %)",
-             100 * ev["50"]["dtrl_kv_cache"] / ev["50"]["raw_simulator"], 50.0, True),
-            ("single stateful policy ≤ 1/4 of d3rlpy's latency (KV cache)", lat["dtrl_kv_cache"] / lat["d3rlpy"], 0.25, False),
+            (
+                "50 parallel episodes ≥ 50% of the raw simulator rate (KV cache, %)",
+                100 * ev["50"]["dtrl_kv_cache"] / ev["50"]["raw_simulator"],
+                50.0,
+                True,
+            ),
+            (
+                "single stateful policy ≤ 1/4 of d3rlpy's latency (KV cache)",
+                lat["dtrl_kv_cache"] / lat["d3rlpy"],
+                0.25,
+                False,
+            ),
         ]
         for label, value, bound, above in checks:
             met = value >= bound if above else value <= bound
             lines.append(f"| {label} | {value:.2f} | {'yes' if met else 'no'} |")
-        lines += ["",
-                  "### Training (gradient steps/s, higher is better)", "",
-                  "| method | steps/s | dtrl fp32 ÷ this | dtrl bf16 ÷ this |", "|---|---|---|---|"]
+        lines += [
+            "",
+            "### Training (gradient steps/s, higher is better)",
+            "",
+            "| method | steps/s | dtrl fp32 ÷ this | dtrl bf16 ÷ this |",
+            "|---|---|---|---|",
+        ]
         for name, value in tr.items():
             lines.append(f"| {name} | {value:.2f} | {tr['dtrl_fp32'] / value:.2f}× | {tr['dtrl_bf16'] / value:.2f}× |")
         s = r["sampling"]
-        lines += ["", f"Sampling alone: {s['batches_per_second']:.0f} batches/s, "
-                  f"{100 * s['share_of_dtrl_fp32_step']:.2f}% of a dtrl fp32 step.", "",
-                  "### Evaluation on Hopper-v5 (env steps/s over all parallel episodes)", "",
-                  "| parallel episodes | raw simulator (random actions) | dtrl KV cache | dtrl full recompute | HF transformers | d3rlpy | dtrl KV ÷ raw | dtrl KV ÷ HF | dtrl KV ÷ d3rlpy |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            f"Sampling alone: {s['batches_per_second']:.0f} batches/s, "
+            f"{100 * s['share_of_dtrl_fp32_step']:.2f}% of a dtrl fp32 step.",
+            "",
+            "### Evaluation on Hopper-v5 (env steps/s over all parallel episodes)",
+            "",
+            "| parallel episodes | raw simulator (random actions) | dtrl KV cache | dtrl full recompute | HF transformers | d3rlpy | dtrl KV ÷ raw | dtrl KV ÷ HF | dtrl KV ÷ d3rlpy |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
         for n, row in ev.items():
-            lines.append(f"| {n} | {row['raw_simulator']:.0f} | {row['dtrl_kv_cache']:.0f} | {row['dtrl_full_recompute']:.0f} | "
-                         f"{row['hf_transformers']:.0f} | {row['d3rlpy']:.0f} | {row['dtrl_kv_cache'] / row['raw_simulator']:.2f} | "
-                         f"{row['dtrl_kv_cache'] / row['hf_transformers']:.1f}× | {row['dtrl_kv_cache'] / row['d3rlpy']:.1f}× |")
-        lines += ["", "### Latency of one stateful policy (ms per action, lower is better)", "", *lat_note,
-                  "| method | ms/action | this ÷ d3rlpy |", "|---|---|---|"]
+            lines.append(
+                f"| {n} | {row['raw_simulator']:.0f} | {row['dtrl_kv_cache']:.0f} | {row['dtrl_full_recompute']:.0f} | "
+                f"{row['hf_transformers']:.0f} | {row['d3rlpy']:.0f} | {row['dtrl_kv_cache'] / row['raw_simulator']:.2f} | "
+                f"{row['dtrl_kv_cache'] / row['hf_transformers']:.1f}× | {row['dtrl_kv_cache'] / row['d3rlpy']:.1f}× |"
+            )
+        lines += [
+            "",
+            "### Latency of one stateful policy (ms per action, lower is better)",
+            "",
+            *lat_note,
+            "| method | ms/action | this ÷ d3rlpy |",
+            "|---|---|---|",
+        ]
         for name, value in lat.items():
             lines.append(f"| {name} | {value:.3f} | {value / lat['d3rlpy']:.2f} |")
-        lines += ["", "### Peak memory (MB)", "",
-                  "CUDA: peak allocated within each phase. CPU: the process's peak RSS after each phase "
-                  "(a high-water mark: a phase shows only what it added beyond the earlier peak).", "",
-                  "| after phase | MB |", "|---|---|"]
+        lines += [
+            "",
+            "### Peak memory (MB)",
+            "",
+            "CUDA: peak allocated within each phase. CPU: the process's peak RSS after each phase "
+            "(a high-water mark: a phase shows only what it added beyond the earlier peak).",
+            "",
+            "| after phase | MB |",
+            "|---|---|",
+        ]
         lines += [f"| {k} | {v} |" for k, v in r["peak_memory_mb"].items()]
         lines.append("")
         lines += scaling_lines(device) + stacked_lines(device)
@@ -660,13 +809,21 @@ def scaling_lines(device: str) -> list[str]:
     if not scaling.is_file():
         return []
     sc = json.loads(scaling.read_text())
-    lines = ["### Scaling: training throughput and memory", "",
-             f"`{sc['environment']['command']}` ({sc['environment']['date']}, load "
-             f"{sc['environment']['load_average_1_5_15min']}, {sc['settings']['precision']}, "
-             f"{sc['settings']['threads']} threads); each point in a fresh process. Plot: scaling_{device}.png.", "",
-             "| batch | K | steps/s | segments/s | peak memory (MB) |", "|---|---|---|---|---|"]
-    lines += [f"| {q['batch_size']} | {q['context_length']} | {q['steps_per_second']} | {q['samples_per_second']} | "
-             f"{q['peak_memory_mb']} |" for q in sc["batch"] + sc["context"]]
+    lines = [
+        "### Scaling: training throughput and memory",
+        "",
+        f"`{sc['environment']['command']}` ({sc['environment']['date']}, load "
+        f"{sc['environment']['load_average_1_5_15min']}, {sc['settings']['precision']}, "
+        f"{sc['settings']['threads']} threads); each point in a fresh process. Plot: scaling_{device}.png.",
+        "",
+        "| batch | K | steps/s | segments/s | peak memory (MB) |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {q['batch_size']} | {q['context_length']} | {q['steps_per_second']} | {q['samples_per_second']} | "
+        f"{q['peak_memory_mb']} |"
+        for q in sc["batch"] + sc["context"]
+    ]
     return lines + [""]
 
 
@@ -677,13 +834,20 @@ def stacked_lines(device: str) -> list[str]:
         return []
     st = json.loads(stacked.read_text())
     se = st["environment"]
-    lines = ["### Stacked seeds: N seeds in one process (`dtrl train --seeds`)", "",
-             f"`{se['command']}` ({se['date']}, load {se['load_average_1_5_15min']}, {st['precision']}, "
-             f"{se['threads']} threads; {stacked.name}). One seed at a time: "
-             f"{st['sequential_seed_steps_per_second']} seed-steps/s.", "",
-             "| seeds | seed-steps/s | ÷ one at a time | peak memory (MB) |", "|---|---|---|---|"]
-    lines += [f"| {n} | {q['seed_steps_per_second']} | {q['speedup_vs_sequential']}× | {q['peak_memory_mb']} |"
-              for n, q in st["stacked"].items()]
+    lines = [
+        "### Stacked seeds: N seeds in one process (`dtrl train --seeds`)",
+        "",
+        f"`{se['command']}` ({se['date']}, load {se['load_average_1_5_15min']}, {st['precision']}, "
+        f"{se['threads']} threads; {stacked.name}). One seed at a time: "
+        f"{st['sequential_seed_steps_per_second']} seed-steps/s.",
+        "",
+        "| seeds | seed-steps/s | ÷ one at a time | peak memory (MB) |",
+        "|---|---|---|---|",
+    ]
+    lines += [
+        f"| {n} | {q['seed_steps_per_second']} | {q['speedup_vs_sequential']}× | {q['peak_memory_mb']} |"
+        for n, q in st["stacked"].items()
+    ]
     return lines + [""]
 
 

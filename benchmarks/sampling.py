@@ -29,9 +29,10 @@ import argparse
 import shutil
 import sys
 import time
+from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import gymnasium as gym
 import h5py
@@ -39,12 +40,11 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import drop_page_cache, save  # noqa: E402
-
-from dtrl.data import Episode, EpisodeDataset  # noqa: E402
-from dtrl.data.normalizer import Normalizer  # noqa: E402
-from dtrl.data.sampler import SegmentSampler, will_read  # noqa: E402
-from dtrl.data.store import StoreWriter, open_store  # noqa: E402
+from common import drop_page_cache, save
+from dtrl.data import Episode, EpisodeDataset
+from dtrl.data.normalizer import Normalizer
+from dtrl.data.sampler import SegmentSampler, will_read
+from dtrl.data.store import StoreWriter, open_store
 
 SEED = 0
 BATCH, K = 64, 20
@@ -69,7 +69,11 @@ def episodes(spec: dict[str, Any], rng: np.random.Generator) -> Iterator[Episode
 
 
 def spaces(spec: dict[str, Any]) -> tuple[gym.Space, gym.Space]:
-    obs = gym.spaces.Box(0, 255, spec["obs"], np.uint8) if spec["dtype"] == np.uint8 else gym.spaces.Box(-np.inf, np.inf, spec["obs"], np.float32)
+    obs = (
+        gym.spaces.Box(0, 255, spec["obs"], np.uint8)
+        if spec["dtype"] == np.uint8
+        else gym.spaces.Box(-np.inf, np.inf, spec["obs"], np.float32)
+    )
     act = gym.spaces.Discrete(18) if not spec["actions"] else gym.spaces.Box(-1, 1, (spec["actions"],), np.float32)
     return obs, act
 
@@ -102,11 +106,16 @@ def bench(name: str, spec: dict[str, Any], workdir: Path, seconds: float) -> dic
     store = open_store(store_path)
     normalizer = Normalizer.from_dataset(store)
     with h5py.File(h5_path, "w") as f:
-        data = f.create_dataset("observations", store.observations.shape, store.observations.dtype, chunks=(spec["chunk"], *spec["obs"]))
+        data = f.create_dataset(
+            "observations", store.observations.shape, store.observations.dtype, chunks=(spec["chunk"], *spec["obs"])
+        )
         for a in range(0, len(store), 10_000):
             data[a : a + 10_000] = store.observations[a : a + 10_000]
     in_memory = EpisodeDataset(
-        **{k: np.array(getattr(store, k)) for k in ("observations", "actions", "rewards", "terminations", "truncations", "episode_starts")},
+        **{
+            k: np.array(getattr(store, k))
+            for k in ("observations", "actions", "rewards", "terminations", "truncations", "episode_starts")
+        },
         observation_space=obs_space,
         action_space=act_space,
     )
@@ -173,7 +182,7 @@ def bench(name: str, spec: dict[str, Any], workdir: Path, seconds: float) -> dic
             del mm
         with h5py.File(h5_path, "r") as f:
             h5 = f["observations"]
-            out["observations_only"][f"hdf5-chunked-{cache}"] = timed(lambda: read_h5(h5), **budget)
+            out["observations_only"][f"hdf5-chunked-{cache}"] = timed(partial(read_h5, h5), **budget)
     for group in ("sampler", "observations_only"):
         for r in out[group].values():
             r["observation_MB_per_second"] = round(r["segments_per_second"] * K * row_bytes / 1e6, 1)

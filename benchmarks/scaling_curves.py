@@ -17,17 +17,17 @@ import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see perf.py
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import resource  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-from pathlib import Path  # noqa: E402
+import argparse
+import json
+import resource
+import subprocess
+import sys
+from pathlib import Path
 
-import torch  # noqa: E402
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, environment  # noqa: E402
+from common import RESULTS, environment
 
 BATCHES = (64, 256, 1024, 4096)
 CONTEXTS = (20, 50, 100, 200)
@@ -35,9 +35,8 @@ CONTEXTS = (20, 50, 100, 200)
 
 def measure(device: torch.device, batch: int, context: int, precision: str, seconds: float) -> dict[str, float]:
     """Steps/s and peak memory (MB) of one configuration, in this process."""
-    from perf import dtrl_trainer, quickstart, rate
-
     from dtrl.config import ModelConfig, TrainConfig
+    from perf import dtrl_trainer, quickstart, rate
 
     config = TrainConfig(batch_size=batch, precision=precision, model=ModelConfig(context_length=context))
     step = dtrl_trainer(quickstart(), device, precision, config)
@@ -47,8 +46,13 @@ def measure(device: torch.device, batch: int, context: int, precision: str, seco
         peak = torch.cuda.max_memory_allocated(device) / 2**20
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"batch_size": batch, "context_length": context, "steps_per_second": round(steps, 3),
-            "samples_per_second": round(steps * batch, 1), "peak_memory_mb": round(peak, 1)}
+    return {
+        "batch_size": batch,
+        "context_length": context,
+        "steps_per_second": round(steps, 3),
+        "samples_per_second": round(steps * batch, 1),
+        "peak_memory_mb": round(peak, 1),
+    }
 
 
 def plot(result: dict, path: Path) -> None:
@@ -72,8 +76,11 @@ def plot(result: dict, path: Path) -> None:
             ax.set_xlabel(label)
             ax.grid(alpha=0.3)
     env = result["environment"]
-    fig.suptitle(f"dtrl training scaling, {result['settings']['device']} ({env['gpu'] if env['gpu'] != 'none' else env['machine']}),"
-                 f" {result['settings']['precision']}, load average {env['load_average_1_5_15min']}", fontsize=9)
+    fig.suptitle(
+        f"dtrl training scaling, {result['settings']['device']} ({env['gpu'] if env['gpu'] != 'none' else env['machine']}),"
+        f" {result['settings']['precision']}, load average {env['load_average_1_5_15min']}",
+        fontsize=9,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -93,16 +100,35 @@ def main() -> None:
         return
 
     def point(batch: int, context: int) -> dict[str, float]:
-        cmd = [sys.executable, __file__, "--device", args.device, "--threads", str(args.threads),
-               "--precision", args.precision, "--seconds", str(args.seconds), "--point", str(batch), str(context)]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--device",
+            args.device,
+            "--threads",
+            str(args.threads),
+            "--precision",
+            args.precision,
+            "--seconds",
+            str(args.seconds),
+            "--point",
+            str(batch),
+            str(context),
+        ]
         out = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
         print(out, flush=True)
         return out
 
     result = {
         "environment": environment(),
-        "settings": {"device": args.device, "threads": args.threads, "precision": args.precision,
-                     "seconds": args.seconds, "model": "paper gym: 3 layers, 1 head, width 128", "seed": 0},
+        "settings": {
+            "device": args.device,
+            "threads": args.threads,
+            "precision": args.precision,
+            "seconds": args.seconds,
+            "model": "paper gym: 3 layers, 1 head, width 128",
+            "seed": 0,
+        },
         "batch": [point(b, 20) for b in BATCHES],
         "context": [point(64, k) for k in CONTEXTS],
     }

@@ -25,6 +25,10 @@ from transformers import DecisionTransformerConfig, DecisionTransformerModel
 from dtrl.data.readers import open_dataset
 
 
+def as_float(x: np.ndarray) -> torch.Tensor:
+    return torch.tensor(x, dtype=torch.float32)
+
+
 def tutorial_batch(data, rng: np.random.Generator, mean: np.ndarray, std: np.ndarray, K: int, batch: int = 64):
     """The tutorial collator's batch: episodes drawn in proportion to their length, a random start in each."""
     lengths = data.episode_lengths
@@ -42,8 +46,7 @@ def tutorial_batch(data, rng: np.random.Generator, mean: np.ndarray, std: np.nda
         rtg[row, K - n :, 0] = returns / 1000.0
         ts[row, K - n :] = np.arange(start, start + n)
         mask[row, K - n :] = 1
-    f = lambda x: torch.tensor(x, dtype=torch.float32)  # noqa: E731
-    return f(s), f(a), f(rtg), torch.from_numpy(ts), torch.tensor(mask, dtype=torch.long)
+    return as_float(s), as_float(a), as_float(rtg), torch.from_numpy(ts), torch.tensor(mask, dtype=torch.long)
 
 
 def main() -> None:
@@ -67,10 +70,17 @@ def main() -> None:
     for step in range(1, args.steps + 1):
         states, actions, rtg, timesteps, mask = tutorial_batch(data, rng, mean, std, args.context)
         _, action_preds, _ = model(
-            states=states, actions=actions, returns_to_go=rtg, timesteps=timesteps, attention_mask=mask, return_dict=False
+            states=states,
+            actions=actions,
+            returns_to_go=rtg,
+            timesteps=timesteps,
+            attention_mask=mask,
+            return_dict=False,
         )
         real = mask.reshape(-1) > 0
-        loss = torch.mean((action_preds.reshape(-1, config.act_dim)[real] - actions.reshape(-1, config.act_dim)[real]) ** 2)
+        loss = torch.mean(
+            (action_preds.reshape(-1, config.act_dim)[real] - actions.reshape(-1, config.act_dim)[real]) ** 2
+        )
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 0.25)

@@ -2,7 +2,7 @@
 
     python scripts/import_graph.py [SRC_DIR]      # SRC_DIR defaults to this checkout's src/
 
-The walk and the layer table are tests/test_layers.py's, which fails on any upward arrow or circle.
+The walk and the layer table are tests/quality/test_layers.py's, which fails on any upward arrow or circle.
 Pointed at an older tree (``git worktree add /tmp/old <commit>``, then ``/tmp/old/src``), it places
 the top-level modules that issue 19 moved by :data:`FORMERLY`; modules in packages count where they lay.
 """
@@ -13,7 +13,7 @@ import importlib.util
 import sys
 from pathlib import Path
 
-_TEST = Path(__file__).resolve().parent.parent / "tests" / "test_layers.py"
+_TEST = Path(__file__).resolve().parent.parent / "tests" / "quality" / "test_layers.py"
 _spec = importlib.util.spec_from_file_location("test_layers", _TEST)
 layers = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(layers)

@@ -35,7 +35,10 @@ def meets_goal(dt: list[dict]) -> tuple[bool, str]:
         return False, f"highest/lowest {means[-1] / means[0]:.2f} < {GOAL_RATIO}"
     fall = first_fall([np.asarray(r["returns"]) for r in dt])
     if fall is not None:
-        return False, f"falls from {means[fall]:.0f} to {means[fall + 1]:.0f} at target {dt[fall + 1]['target_return']:g}"
+        return (
+            False,
+            f"falls from {means[fall]:.0f} to {means[fall + 1]:.0f} at target {dt[fall + 1]['target_return']:g}",
+        )
     return True, ""
 
 
@@ -49,7 +52,9 @@ def table(summaries: dict[int, dict]) -> str:
         cells = [f"{r['return_mean']:.0f} ± {standard_error(np.asarray(r['returns'])):.0f}" for r in dt]
         ratio = dt[-1]["return_mean"] / dt[0]["return_mean"]
         verdict = "follows" if s["follows_target"] else "does not follow"
-        lines.append(f"| {seed} | " + " | ".join(cells) + f" | {ratio:.2f} | {verdict} | {'yes' if ok else 'NO: ' + why} |")
+        lines.append(
+            f"| {seed} | " + " | ".join(cells) + f" | {ratio:.2f} | {verdict} | {'yes' if ok else 'NO: ' + why} |"
+        )
     return "\n".join(lines)
 
 
@@ -65,7 +70,16 @@ def main(argv: list[str] | None = None) -> int:
         result = args.out / f"seed_{seed}.json"
         if result.is_file():
             continue
-        cmd = [sys.executable, "-m", "dtrl", "quickstart", "--seed", str(seed), "--out-dir", str(args.work / f"seed_{seed}")]
+        cmd = [
+            sys.executable,
+            "-m",
+            "dtrl",
+            "quickstart",
+            "--seed",
+            str(seed),
+            "--out-dir",
+            str(args.work / f"seed_{seed}"),
+        ]
         cmd += ["--episodes", str(args.episodes)] if args.episodes else []
         started = datetime.datetime.now(datetime.timezone.utc)
         subprocess.run(cmd, check=True)

@@ -19,10 +19,10 @@ import pytest
 import torch
 
 from dtrl.checkpoint import PolicySpec
-from dtrl.config import ModelConfig
+from dtrl.config import ModelConfig, load_config
 from dtrl.data import Episode, EpisodeDataset
-from dtrl.data.spaces import space_to_dict
 from dtrl.data.normalizer import Normalizer
+from dtrl.data.spaces import space_to_dict
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -85,6 +85,19 @@ def pendulum_path(pendulum_dataset: EpisodeDataset, tmp_path_factory: pytest.Tem
     return pendulum_dataset.save(tmp_path_factory.mktemp("data") / "pendulum.npz")
 
 
+@pytest.fixture(scope="module")
+def run20(pendulum_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished 20-step run with checkpoints at steps 10 and 20, one per test module; copy it
+    before changing it."""
+    from dtrl.train import train
+
+    out = tmp_path_factory.mktemp("run20") / "run"
+    train(
+        load_config(None, tiny_overrides(pendulum_path, out) + ["steps=20", "checkpoint_every=10", "eval_episodes=1"])
+    )
+    return out
+
+
 @pytest.fixture
 def tiny_model_config() -> ModelConfig:
     return ModelConfig(observation_dim=3, action_dim=1, context_length=5, n_layer=2, n_head=2, n_embd=16, dropout=0.0)
@@ -93,10 +106,15 @@ def tiny_model_config() -> ModelConfig:
 def pendulum_spec(cfg: ModelConfig) -> PolicySpec:
     """A policy spec for Pendulum-v1 with fixed, non-trivial normalisation: policies built without training."""
     env = gym.make("Pendulum-v1")
-    norm = Normalizer(np.array([0.1, -0.2, 0.3], np.float32), np.array([0.5, 2.0, 4.0], np.float32),
-                      np.array([-2.0], np.float32), np.array([2.0], np.float32))
-    return PolicySpec(cfg, 100.0, norm.to_dict(), space_to_dict(env.observation_space),
-                      space_to_dict(env.action_space), "Pendulum-v1")
+    norm = Normalizer(
+        np.array([0.1, -0.2, 0.3], np.float32),
+        np.array([0.5, 2.0, 4.0], np.float32),
+        np.array([-2.0], np.float32),
+        np.array([2.0], np.float32),
+    )
+    return PolicySpec(
+        cfg, 100.0, norm.to_dict(), space_to_dict(env.observation_space), space_to_dict(env.action_space), "Pendulum-v1"
+    )
 
 
 def tiny_overrides(data: Path, out: Path, steps: int = 40) -> list[str]:

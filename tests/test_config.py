@@ -13,7 +13,12 @@ from dtrl.errors import DtrlError
 def test_defaults_are_the_papers_gym_settings():
     c = TrainConfig()
     assert (c.learning_rate, c.weight_decay, c.warmup_steps, c.grad_clip, c.batch_size, c.steps) == (
-        1e-4, 1e-4, 10_000, 0.25, 64, 100_000,
+        1e-4,
+        1e-4,
+        10_000,
+        0.25,
+        64,
+        100_000,
     )
     assert c.reward_scale == 1000.0 and c.model.context_length == 20
 

@@ -12,14 +12,17 @@ import dataclasses
 import math
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from dtrl.config import FinetuneConfig, ModelConfig, TrainConfig, load_config
 from dtrl.errors import DtrlError
 from dtrl.fields import TABLES, Field, check_memory, key_name
 
 CONFIGS = (ModelConfig, TrainConfig, FinetuneConfig)
-FIELDS = [(cls, f.name) for cls in CONFIGS for f in dataclasses.fields(cls) if TABLES[cls.__name__][f.name].kind != "config"]
+FIELDS = [
+    (cls, f.name) for cls in CONFIGS for f in dataclasses.fields(cls) if TABLES[cls.__name__][f.name].kind != "config"
+]
 WRONG_TYPES = st.sampled_from(["x", True, None, [1], {"a": 1}, 1.5])
 
 
@@ -29,7 +32,9 @@ def _beyond(spec: Field) -> st.SearchStrategy:
     if spec.low is not None:
         out.append(st.floats(max_value=spec.low, exclude_max=not spec.low_open, allow_nan=False, allow_infinity=False))
     if spec.high is not None:
-        out.append(st.floats(min_value=spec.high, exclude_min=not spec.high_open, allow_nan=False, allow_infinity=False))
+        out.append(
+            st.floats(min_value=spec.high, exclude_min=not spec.high_open, allow_nan=False, allow_infinity=False)
+        )
     return st.one_of(out)
 
 
@@ -49,7 +54,10 @@ def invalid(spec: Field) -> st.SearchStrategy:
     if spec.kind == "text":
         return st.sampled_from([3, None, 1.5, ["a"], True])
     if spec.kind == "device":
-        return st.one_of(st.sampled_from(["gpu", "cuda:", "cuda:x", "CPU", "", 0, None]), st.text().filter(lambda s: s not in ("auto", "cpu", "mps") and not s.startswith("cuda")))
+        return st.one_of(
+            st.sampled_from(["gpu", "cuda:", "cuda:x", "CPU", "", 0, None]),
+            st.text().filter(lambda s: s not in ("auto", "cpu", "mps") and not s.startswith("cuda")),
+        )
     if spec.kind == "shape":
         return st.sampled_from([[1, 2], [0, 84, 84], [4, -1, 84], "84", [4, 84, 84.5], [1, 2, 3, 4]])
     return st.one_of(st.text().filter(lambda s: s not in spec.choices), WRONG_TYPES)

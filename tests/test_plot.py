@@ -51,7 +51,9 @@ def test_seeds_are_grouped_and_curves_drawn(tmp_path: Path):
 
 def test_calibration_figure(tmp_path: Path):
     run = fake_run(tmp_path, "run", 0)
-    results = [{"target_return": t, "return_mean": min(t, 3000.0), "return_std": 50.0} for t in (0, 1000, 2000, 3000, 4000)]
+    results = [
+        {"target_return": t, "return_mean": min(t, 3000.0), "return_std": 50.0} for t in (0, 1000, 2000, 3000, 4000)
+    ]
     report = {"env_id": "Hopper-v5", "dataset_best_return": 3100.0, "episodes": 5, "results": results}
     (run / "calibration.json").write_text(json.dumps(report))
     written = plot_runs([run], tmp_path / "plots")

@@ -9,8 +9,8 @@ import torch
 
 from dtrl.checkpoint import PolicySpec
 from dtrl.config import ModelConfig
-from dtrl.data.spaces import space_to_dict
 from dtrl.data.normalizer import Normalizer
+from dtrl.data.spaces import space_to_dict
 from dtrl.errors import DtrlError
 from dtrl.evaluate import evaluate, evaluate_random
 from dtrl.models import DecisionTransformer
@@ -20,10 +20,15 @@ from dtrl.policy import DecisionTransformerPolicy
 def _policy(cfg: ModelConfig, seed: int = 0) -> DecisionTransformerPolicy:
     torch.manual_seed(seed)
     env = gym.make("Pendulum-v1")
-    norm = Normalizer(np.array([0.1, -0.2, 0.3], np.float32), np.array([0.5, 2.0, 4.0], np.float32),
-                      np.array([-2.0], np.float32), np.array([2.0], np.float32))
-    spec = PolicySpec(cfg, 100.0, norm.to_dict(), space_to_dict(env.observation_space),
-                      space_to_dict(env.action_space), "Pendulum-v1")
+    norm = Normalizer(
+        np.array([0.1, -0.2, 0.3], np.float32),
+        np.array([0.5, 2.0, 4.0], np.float32),
+        np.array([-2.0], np.float32),
+        np.array([2.0], np.float32),
+    )
+    spec = PolicySpec(
+        cfg, 100.0, norm.to_dict(), space_to_dict(env.observation_space), space_to_dict(env.action_space), "Pendulum-v1"
+    )
     return DecisionTransformerPolicy(DecisionTransformer(cfg), spec, "cpu")
 
 
@@ -94,6 +99,8 @@ def test_action_space_mismatch_is_rejected():
     obs = gym.spaces.Box(-1, 1, (3,))
     spec_obs = space_to_dict(obs)
     with pytest.raises(DtrlError, match="continuous actions of shape \\(1,\\)"):
-        check_fits(obs, gym.spaces.Box(-1, 1, (2,)), spec_obs, space_to_dict(gym.spaces.Box(-1, 1, (1,))), "X-v0", "Y-v0")
+        check_fits(
+            obs, gym.spaces.Box(-1, 1, (2,)), spec_obs, space_to_dict(gym.spaces.Box(-1, 1, (1,))), "X-v0", "Y-v0"
+        )
     with pytest.raises(DtrlError, match="outputs 4 discrete actions"):
         check_fits(obs, gym.spaces.Discrete(2), spec_obs, space_to_dict(gym.spaces.Discrete(4)), "X-v0", None)

@@ -1,9 +1,9 @@
 """dtrl: reinforcement learning via sequence modeling (the Decision Transformer family).
 
-    import dtrl
-    policy = dtrl.load("runs/quickstart")
-    policy.reset(target_return=3000)
-    action = policy.act(observation, reward)
+import dtrl
+policy = dtrl.load("runs/quickstart")
+policy.reset(target_return=3000)
+action = policy.act(observation, reward)
 """
 
 from __future__ import annotations

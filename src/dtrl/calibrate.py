@@ -8,8 +8,9 @@ conditioning works and where it saturates (figure 4 of the paper).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 

@@ -59,7 +59,7 @@ class PolicySpec:
         return {"format": "dtrl-policy", "dtrl_version": __version__, **d}
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> "PolicySpec":
+    def from_json(cls, d: dict[str, Any]) -> PolicySpec:
         d = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
         d["model"] = from_dict(ModelConfig, d["model"], prefix="model.")
         return cls(**d)
@@ -130,7 +130,11 @@ def read_best(run_dir: Path) -> dict[str, Any] | None:
         return None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         best = None
-    if isinstance(best, dict) and isinstance(best.get("checkpoint"), str) and isinstance(best.get("val_loss"), (int, float)):
+    if (
+        isinstance(best, dict)
+        and isinstance(best.get("checkpoint"), str)
+        and isinstance(best.get("val_loss"), (int, float))
+    ):
         return best
     log.warning("%s is corrupt: ignored (the next validated checkpoint rewrites it)", path)
     return None
@@ -179,7 +183,9 @@ def resolve_policy_dir(path: str | os.PathLike) -> Path:
     if latest is not None:
         return latest
     # inference needs no train state: the newest checkpoint with a config and weights will do
-    policies = sorted(p for p in (path / CHECKPOINT_DIR).glob("step_*") if p.is_dir() and _complete(p, (CONFIG_FILE, WEIGHTS_FILE)))
+    policies = sorted(
+        p for p in (path / CHECKPOINT_DIR).glob("step_*") if p.is_dir() and _complete(p, (CONFIG_FILE, WEIGHTS_FILE))
+    )
     if policies:
         return policies[-1]
     steps = sorted(p for p in (path / CHECKPOINT_DIR).glob("step_*") if p.is_dir())
@@ -190,8 +196,7 @@ def resolve_policy_dir(path: str | os.PathLike) -> Path:
             "restore it or point at another checkpoint"
         )
     raise DtrlError(
-        f"{path} holds no checkpoint ({CONFIG_FILE} + {WEIGHTS_FILE}): "
-        "train first or point at a checkpoint directory"
+        f"{path} holds no checkpoint ({CONFIG_FILE} + {WEIGHTS_FILE}): train first or point at a checkpoint directory"
     )
 
 
@@ -240,4 +245,3 @@ def remove_partial_writes(run_dir: Path) -> list[str]:
         else:
             path.unlink(missing_ok=True)
     return sorted(p.name for p in stale)
-

@@ -12,9 +12,10 @@ values are rejected with a message naming the key.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 
@@ -334,9 +335,21 @@ def read_saved_config(path: Path) -> TrainConfig:
 
 
 RESUMABLE = (
-    "steps", "log_every", "checkpoint_every", "keep_checkpoints", "eval_every", "eval_episodes",
-    "eval_max_episode_steps", "eval_sample_actions", "target_returns", "env", "wandb", "num_threads", "device",
-    "compile", "out_dir",
+    "steps",
+    "log_every",
+    "checkpoint_every",
+    "keep_checkpoints",
+    "eval_every",
+    "eval_episodes",
+    "eval_max_episode_steps",
+    "eval_sample_actions",
+    "target_returns",
+    "env",
+    "wandb",
+    "num_threads",
+    "device",
+    "compile",
+    "out_dir",
 )
 """Keys a resumed run may change: how long it runs, when it logs, checkpoints and evaluates, and where it
 runs; not what it learns (the data, the model, the optimisation)."""

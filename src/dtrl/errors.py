@@ -31,7 +31,9 @@ def write_error(path: str | os.PathLike, error: OSError) -> DiskError | None:
     """The one-line error for a write that failed on a full disk or a read-only place; None for other failures."""
     reason = error.strerror or os.strerror(error.errno or 0)
     if error.errno in _FULL:
-        return DiskError(path, reason, "free disk space or choose another location, then run again (nothing partial was kept)")
+        return DiskError(
+            path, reason, "free disk space or choose another location, then run again (nothing partial was kept)"
+        )
     if error.errno in _DENIED:
         return DiskError(path, reason, "choose a writable location or fix its permissions")
     return None

@@ -8,9 +8,9 @@ target uses seed ``seed + i``: targets are compared on the same start states.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 import gymnasium as gym
 import numpy as np
@@ -189,7 +189,9 @@ def record_videos(
     try:
         for target in targets:
             prefix = f"target_{target:g}"
-            recorder = RecordVideo(env, str(out_dir), name_prefix=prefix, episode_trigger=lambda _: True, disable_logger=True)
+            recorder = RecordVideo(
+                env, str(out_dir), name_prefix=prefix, episode_trigger=lambda _: True, disable_logger=True
+            )
             obs, _ = recorder.reset(seed=seed)
             policy.reset(target)
             reward, done = 0.0, False

@@ -158,7 +158,9 @@ def _score_lines(evaluation: list[dict[str, Any]] | None, step: int) -> list[str
     ]
     for r in evaluation:
         norm = f"{r['normalized_mean']:.1f} ± {r['normalized_std']:.1f}" if "normalized_mean" in r else "-"
-        lines.append(f"| {r['target_return']:g} | {r['return_mean']:.1f} ± {r['return_std']:.1f} | {norm} | {r['episodes']} |")
+        lines.append(
+            f"| {r['target_return']:g} | {r['return_mean']:.1f} ± {r['return_std']:.1f} | {norm} | {r['episodes']} |"
+        )
     return lines
 
 
@@ -189,11 +191,11 @@ def model_card(spec: PolicySpec, source: Path, fmt: str, files: list[str], comma
             f"or `dtrl eval PATH/TO/THIS/DIRECTORY --env {env} --target-return {target:g}`.",
         ],
         "torchscript": [
-            f"`torch.jit.load(\"{TORCHSCRIPT_FILE}\")(returns_to_go, observations, actions, timesteps, mask)`",
+            f'`torch.jit.load("{TORCHSCRIPT_FILE}")(returns_to_go, observations, actions, timesteps, mask)`',
             "returns the action for the newest of the last K steps; see below for the inputs.",
         ],
         "onnx": [
-            f"`onnxruntime.InferenceSession(\"{ONNX_FILE}\").run(None, {{name: array, ...}})` with the inputs",
+            f'`onnxruntime.InferenceSession("{ONNX_FILE}").run(None, {{name: array, ...}})` with the inputs',
             f"{', '.join(INPUT_NAMES)} returns the action for the newest of the last K steps; see below.",
         ],
         "transformers": [
@@ -275,8 +277,10 @@ def export(source: str | Path, fmt: str, out: str | Path, command: str, force: b
         raise DtrlError(f"--out {out} is the policy being exported: choose another directory")
     check_output(out, "--out", directory=True, force=force)
     if not force and out.is_dir() and any(out.iterdir()) and not _is_export(out):
-        raise DtrlError(f"--out {out} is a directory with files that dtrl export did not write: choose another path, "
-                        "or pass --force to write into it")
+        raise DtrlError(
+            f"--out {out} is a directory with files that dtrl export did not write: choose another path, "
+            "or pass --force to write into it"
+        )
     with staged_directory(out) as stage:
         names = [p.name for p in _write_export(window, spec, directory, fmt, stage, command)]
     return [out / name for name in names]
@@ -287,7 +291,9 @@ def _is_export(path: Path) -> bool:
     return card.is_file() and card.read_bytes().startswith(CARD_TITLE.encode())
 
 
-def _write_export(window: WindowPolicy, spec: PolicySpec, directory: Path, fmt: str, out: Path, command: str) -> list[Path]:
+def _write_export(
+    window: WindowPolicy, spec: PolicySpec, directory: Path, fmt: str, out: Path, command: str
+) -> list[Path]:
     if fmt == "policy":
         write_policy(out, spec, window.model.state_dict())
         written = [out / CONFIG_FILE, out / WEIGHTS_FILE]

@@ -126,8 +126,14 @@ def Int(low: int, high: int | None = None) -> Field:
     return Field("int", low, high)
 
 
-def Real(low: float | None = None, high: float | None = None, *, low_open: bool = False, high_open: bool = False,
-         optional: bool = False) -> Field:
+def Real(
+    low: float | None = None,
+    high: float | None = None,
+    *,
+    low_open: bool = False,
+    high_open: bool = False,
+    optional: bool = False,
+) -> Field:
     return Field("real", low, high, low_open, high_open, optional=optional)
 
 
@@ -365,9 +371,8 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
                 return float(value)
             except ValueError:
                 pass
-    elif tp is str:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return str(value)
+    elif tp is str and isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        return str(value)
     raise DtrlError(f"config key {key} expects {getattr(tp, '__name__', tp)}, got {value!r}")
 
 

@@ -28,8 +28,9 @@ import os
 import pickle
 import shutil
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping, Union
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -52,9 +53,15 @@ TUTORIAL_CONTEXT_LENGTH = 20
 """K of the transformers blog tutorial (its collator's and get_action's ``max_length``)."""
 TUTORIAL_REWARD_SCALE = 1000.0
 """The tutorial's return scale for the gym tasks."""
-StateStats = Union[str, os.PathLike, Mapping[str, Any]]
+StateStats = str | os.PathLike | Mapping[str, Any]
 """Where the state statistics come from: a JSON file or a mapping (see :func:`read_state_stats`)."""
-_ACTIVATIONS = {"relu": "relu", "gelu_new": "gelu", "gelu_pytorch_tanh": "gelu", "gelu_fast": "gelu", "gelu": "gelu_exact"}
+_ACTIVATIONS = {
+    "relu": "relu",
+    "gelu_new": "gelu",
+    "gelu_pytorch_tanh": "gelu",
+    "gelu_fast": "gelu",
+    "gelu": "gelu_exact",
+}
 _EXPORT_ACTIVATIONS = {"relu": "relu", "gelu": "gelu_pytorch_tanh", "gelu_exact": "gelu"}
 
 
@@ -79,15 +86,21 @@ def read_state_stats(source: StateStats, state_dim: int) -> dict[str, Any]:
         try:
             stats = json.loads(path.read_text())
         except FileNotFoundError:
-            raise DtrlError(f"state statistics file {path} does not exist: give a JSON file with state_mean and state_std") from None
+            raise DtrlError(
+                f"state statistics file {path} does not exist: give a JSON file with state_mean and state_std"
+            ) from None
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise DtrlError(f"{path} is not valid JSON ({e}): write {{\"state_mean\": [...], \"state_std\": [...]}}") from None
+            raise DtrlError(
+                f'{path} is not valid JSON ({e}): write {{"state_mean": [...], "state_std": [...]}}'
+            ) from None
         if not isinstance(stats, dict):
-            raise DtrlError(f"{path} holds a {type(stats).__name__}: write {{\"state_mean\": [...], \"state_std\": [...]}}")
+            raise DtrlError(f'{path} holds a {type(stats).__name__}: write {{"state_mean": [...], "state_std": [...]}}')
     for key in ("state_mean", "state_std"):
         values = np.asarray(stats.get(key, []), dtype=np.float64).reshape(-1)
         if values.size != state_dim or not np.all(np.isfinite(values)):
-            raise DtrlError(f"state statistics: {key} must be {state_dim} finite numbers (the model's state_dim), got {values.size}")
+            raise DtrlError(
+                f"state statistics: {key} must be {state_dim} finite numbers (the model's state_dim), got {values.size}"
+            )
         if key == "state_std" and not np.all(values > 0):
             raise DtrlError("state statistics: every state_std must be > 0")
         stats[key] = values.tolist()
@@ -120,14 +133,20 @@ def _read_weights(directory: Path) -> dict[str, torch.Tensor]:
 def model_config_from(hf: dict[str, Any], context_length: int) -> ModelConfig:
     """The dtrl model that computes what transformers' DecisionTransformerModel with config ``hf`` does."""
     if hf.get("add_cross_attention"):
-        raise DtrlError("this transformers model has cross-attention (add_cross_attention=true): dtrl has no such layer")
+        raise DtrlError(
+            "this transformers model has cross-attention (add_cross_attention=true): dtrl has no such layer"
+        )
     hidden = int(hf.get("hidden_size", 128))
     inner = hf.get("n_inner") or 4 * hidden
     if inner % hidden:
-        raise DtrlError(f"n_inner={inner} is not a multiple of hidden_size={hidden}: dtrl's MLP width is model.mlp_ratio x n_embd")
+        raise DtrlError(
+            f"n_inner={inner} is not a multiple of hidden_size={hidden}: dtrl's MLP width is model.mlp_ratio x n_embd"
+        )
     activation = hf.get("activation_function", "relu")
     if activation not in _ACTIVATIONS:
-        raise DtrlError(f"activation_function={activation!r} has no dtrl equivalent: dtrl has {', '.join(_ACTIVATIONS)}")
+        raise DtrlError(
+            f"activation_function={activation!r} has no dtrl equivalent: dtrl has {', '.join(_ACTIVATIONS)}"
+        )
     config = ModelConfig(
         observation_dim=int(hf.get("state_dim", 17)),
         action_dim=int(hf.get("act_dim", 4)),
@@ -157,26 +176,52 @@ def attention_factor(hf: dict[str, Any], layer: int, head_dim: int) -> float:
 def _pairs(n_layer: int) -> list[tuple[str, str, bool]]:
     """(dtrl name, transformers name, transposed) for every weight dtrl reads."""
     pairs = [(f"{m}.{p}", f"{m}.{p}", False) for m in ("embed_timestep",) for p in ("weight",)]
-    pairs += [(f"{m}.{p}", f"{m}.{p}", False) for m in ("embed_return", "embed_state", "embed_action", "embed_ln") for p in ("weight", "bias")]
-    pairs += [("transformer.ln_f.weight", "encoder.ln_f.weight", False), ("transformer.ln_f.bias", "encoder.ln_f.bias", False)]
-    pairs += [("action_head.weight", "predict_action.0.weight", False), ("action_head.bias", "predict_action.0.bias", False)]
+    pairs += [
+        (f"{m}.{p}", f"{m}.{p}", False)
+        for m in ("embed_return", "embed_state", "embed_action", "embed_ln")
+        for p in ("weight", "bias")
+    ]
+    pairs += [
+        ("transformer.ln_f.weight", "encoder.ln_f.weight", False),
+        ("transformer.ln_f.bias", "encoder.ln_f.bias", False),
+    ]
+    pairs += [
+        ("action_head.weight", "predict_action.0.weight", False),
+        ("action_head.bias", "predict_action.0.bias", False),
+    ]
     for i in range(n_layer):
         ours, theirs = f"transformer.blocks.{i}", f"encoder.h.{i}"
-        for a, b in (("ln_1", "ln_1"), ("ln_2", "ln_2"), ("attn.qkv", "attn.c_attn"), ("attn.proj", "attn.c_proj"),
-                     ("mlp.fc", "mlp.c_fc"), ("mlp.proj", "mlp.c_proj")):
+        for a, b in (
+            ("ln_1", "ln_1"),
+            ("ln_2", "ln_2"),
+            ("attn.qkv", "attn.c_attn"),
+            ("attn.proj", "attn.c_proj"),
+            ("mlp.fc", "mlp.c_fc"),
+            ("mlp.proj", "mlp.c_proj"),
+        ):
             conv = not a.startswith("ln")  # GPT-2's Conv1D: weight (in, out)
-            pairs += [(f"{ours}.{a}.weight", f"{theirs}.{b}.weight", conv), (f"{ours}.{a}.bias", f"{theirs}.{b}.bias", False)]
+            pairs += [
+                (f"{ours}.{a}.weight", f"{theirs}.{b}.weight", conv),
+                (f"{ours}.{a}.bias", f"{theirs}.{b}.bias", False),
+            ]
     return pairs
 
 
-def state_dict_from(hf_config: dict[str, Any], weights: dict[str, torch.Tensor], config: ModelConfig) -> dict[str, torch.Tensor]:
+def state_dict_from(
+    hf_config: dict[str, Any], weights: dict[str, torch.Tensor], config: ModelConfig
+) -> dict[str, torch.Tensor]:
     """transformers' weights renamed, transposed and folded into dtrl's DecisionTransformer."""
     missing = [theirs for _, theirs, _ in _pairs(config.n_layer) if theirs not in weights] + [
         k for k in ("encoder.wpe.weight",) if k not in weights
     ]
     if missing:
-        raise DtrlError(f"the transformers weights lack {missing[0]} ({len(missing)} tensors missing): save the model again")
-    out = {ours: (weights[theirs].t() if conv else weights[theirs]).float().contiguous() for ours, theirs, conv in _pairs(config.n_layer)}
+        raise DtrlError(
+            f"the transformers weights lack {missing[0]} ({len(missing)} tensors missing): save the model again"
+        )
+    out = {
+        ours: (weights[theirs].t() if conv else weights[theirs]).float().contiguous()
+        for ours, theirs, conv in _pairs(config.n_layer)
+    }
     out["embed_ln.bias"] = out["embed_ln.bias"] + weights["encoder.wpe.weight"][0].float()  # position id 0, every token
     C, D = config.n_embd, config.n_embd // config.n_head
     for i in range(config.n_layer):
@@ -216,7 +261,12 @@ def read_transformers(
         model=config,
         reward_scale=float(stats.get("reward_scale", TUTORIAL_REWARD_SCALE)),
         # transformers' DT sees states normalised and actions in the env's units (no action rescaling)
-        normalizer={"state_mean": stats["state_mean"], "state_std": stats["state_std"], "action_low": None, "action_high": None},
+        normalizer={
+            "state_mean": stats["state_mean"],
+            "state_std": stats["state_std"],
+            "action_low": None,
+            "action_high": None,
+        },
         observation_space=space_to_dict(gym.spaces.Box(-np.inf, np.inf, (state_dim,), np.float32)),
         action_space=space_to_dict(gym.spaces.Box(-bound, bound, (config.action_dim,), np.float32)),
         env_id=stats.get("env_id") or None,
@@ -231,18 +281,29 @@ def unsupported(spec: PolicySpec) -> str | None:
     cfg, norm = spec.model, spec.normalizer
     reasons = [
         (cfg.kind != "transformer", f"model.kind={cfg.kind!r} (the paper's MLP BC, not a Decision Transformer)"),
-        (cfg.token_mixer != "attention", f"model.token_mixer={cfg.token_mixer!r} (transformers' DT mixes tokens by attention only)"),
-        (cfg.stochastic_policy, "a Gaussian action head (model.stochastic_policy=true; transformers' DT is deterministic)"),
+        (
+            cfg.token_mixer != "attention",
+            f"model.token_mixer={cfg.token_mixer!r} (transformers' DT mixes tokens by attention only)",
+        ),
+        (
+            cfg.stochastic_policy,
+            "a Gaussian action head (model.stochastic_policy=true; transformers' DT is deterministic)",
+        ),
         (cfg.discrete, "discrete actions (transformers' DT embeds and predicts continuous action vectors)"),
         (bool(cfg.observation_shape), "pixel observations (transformers' DT embeds state vectors linearly)"),
-        (not cfg.condition_on_return, "no return tokens (model.condition_on_return=false; transformers' DT always has them)"),
+        (
+            not cfg.condition_on_return,
+            "no return tokens (model.condition_on_return=false; transformers' DT always has them)",
+        ),
     ]
     if norm.get("action_low") is not None:
         low, high = np.asarray(norm["action_low"]), np.asarray(norm["action_high"])
-        reasons.append((
-            not (np.all(low == -1.0) and np.all(high == 1.0)),
-            "an action box other than [-1, 1] (dtrl rescales actions to it; transformers' DT has no rescaling)",
-        ))
+        reasons.append(
+            (
+                not (np.all(low == -1.0) and np.all(high == 1.0)),
+                "an action box other than [-1, 1] (dtrl rescales actions to it; transformers' DT has no rescaling)",
+            )
+        )
     return next((why for bad, why in reasons if bad), None)
 
 
@@ -267,7 +328,9 @@ def transformers_config(cfg: ModelConfig) -> dict[str, Any]:
     )
 
 
-def state_dict_to(state_dict: dict[str, torch.Tensor], hf_state: dict[str, torch.Tensor], n_layer: int) -> dict[str, torch.Tensor]:
+def state_dict_to(
+    state_dict: dict[str, torch.Tensor], hf_state: dict[str, torch.Tensor], n_layer: int
+) -> dict[str, torch.Tensor]:
     """dtrl's weights in transformers' names and layouts; what dtrl does not have (the position table,
     the unused token table, the state and return heads) is zeros."""
     out = {k: torch.zeros_like(v) for k, v in hf_state.items()}

@@ -12,8 +12,9 @@ import json
 import logging
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 import yaml
 
@@ -149,11 +150,19 @@ def read_jsonl(path: Path, fix: str) -> list[dict[str, Any]]:
             row = json.loads(line)
         except json.JSONDecodeError:
             if n == len(lines):
-                log.warning("%s: skipped its last line, which is half-written (a crash mid-write or a run still writing)", path)
+                log.warning(
+                    "%s: skipped its last line, which is half-written (a crash mid-write or a run still writing)", path
+                )
                 continue
             raise DtrlError(f"{path} line {n} is not JSON: the file is corrupt; delete that line") from None
-        if not isinstance(row, dict) or not isinstance(row.get("step"), (int, float)) or isinstance(row.get("step"), bool):
-            raise DtrlError(f"{path} line {n} is not a metrics row with a numeric step: the file is corrupt; delete that line")
+        if (
+            not isinstance(row, dict)
+            or not isinstance(row.get("step"), (int, float))
+            or isinstance(row.get("step"), bool)
+        ):
+            raise DtrlError(
+                f"{path} line {n} is not a metrics row with a numeric step: the file is corrupt; delete that line"
+            )
         rows.append(row)
     return rows
 

@@ -14,9 +14,9 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Sequence
 
 from dtrl.errors import DtrlError
 from dtrl.io import UMASK
@@ -32,7 +32,9 @@ def is_run_dir(path: Path) -> bool:
 
 def is_checkpoint(path: Path) -> bool:
     """A training checkpoint: a policy directory with its train state, or one inside a run's checkpoints."""
-    return (path / TRAIN_STATE_FILE).is_file() or (path.parent.name == CHECKPOINT_DIR and (path / CONFIG_FILE).is_file())
+    return (path / TRAIN_STATE_FILE).is_file() or (
+        path.parent.name == CHECKPOINT_DIR and (path / CONFIG_FILE).is_file()
+    )
 
 
 def made_by_training(path: Path, directory: bool) -> str | None:

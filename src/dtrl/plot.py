@@ -108,7 +108,9 @@ def plot_learning_curves(groups: dict[str, list[Path]], out: Path) -> Path:
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for ax, panel in zip(axes[0], panels):
-        series = sorted((k for k in keys if _panel(k) == panel), key=lambda k: float(k.split("@")[1]) if "@" in k else k)
+        series = sorted(
+            (k for k in keys if _panel(k) == panel), key=lambda k: float(k.split("@")[1]) if "@" in k else k
+        )
         i = 0
         for label, runs in metrics.items():
             for key in series:
@@ -139,7 +141,9 @@ def plot_calibration(runs: list[Path], out: Path) -> Path | None:
     lo = hi = 0.0
     for run, report in reports:
         targets, means, stds = report["arrays"]
-        ax.errorbar(targets, means, yerr=stds, marker="o", capsize=3, label=f"{run.name} (± std, {report['episodes']} episodes)")
+        ax.errorbar(
+            targets, means, yerr=stds, marker="o", capsize=3, label=f"{run.name} (± std, {report['episodes']} episodes)"
+        )
         lo, hi = min(lo, targets.min(), (means - stds).min()), max(hi, targets.max(), (means + stds).max())
     ax.plot([lo, hi], [lo, hi], "k--", linewidth=1, label="achieved = target")
     best = reports[0][1]["dataset_best_return"]
@@ -159,7 +163,9 @@ def read_calibration(path: Path) -> dict[str, Any]:
     fix = "run `dtrl calibrate` on the run again, or delete the file"
 
     def arrays(report: dict[str, Any]) -> dict[str, Any]:
-        columns = [np.array([float(r[k]) for r in report["results"]]) for k in ("target_return", "return_mean", "return_std")]
+        columns = [
+            np.array([float(r[k]) for r in report["results"]]) for k in ("target_return", "return_mean", "return_std")
+        ]
         if not len(columns[0]) or not all(np.isfinite(c).all() for c in columns):
             raise ValueError("its results are empty or not finite")
         float(report["dataset_best_return"]), int(report["episodes"]), str(report["env_id"])

@@ -13,8 +13,8 @@ draws from the predicted distribution instead (Atari's evaluation, Online DT's r
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import gymnasium as gym
 import numpy as np
@@ -79,8 +79,12 @@ class DecisionTransformerPolicy:
 
     @classmethod
     def load(
-        cls, path: str | os.PathLike, device: str = "auto", kv_cache: bool = False, state_stats: StateStats | None = None
-    ) -> "DecisionTransformerPolicy":
+        cls,
+        path: str | os.PathLike,
+        device: str = "auto",
+        kv_cache: bool = False,
+        state_stats: StateStats | None = None,
+    ) -> DecisionTransformerPolicy:
         """``state_stats``: for a transformers ``save_pretrained`` directory without state_stats.json
         (see :func:`dtrl.hf.read_transformers`); dtrl's own directories carry theirs."""
         if is_transformers_dir(path):
@@ -146,7 +150,9 @@ class DecisionTransformerPolicy:
         shape = (n, K) if cfg.discrete else (n, K, cfg.action_dim)
         self._actions = torch.zeros(shape, device=self.device, dtype=torch.long if cfg.discrete else torch.float32)
         self._timesteps = torch.zeros(n, K, dtype=torch.long, device=self.device)
-        self._next_rtg = torch.as_tensor(np.broadcast_to(targets, (n,)) / self.spec.reward_scale, device=self.device).float()
+        self._next_rtg = torch.as_tensor(
+            np.broadcast_to(targets, (n,)) / self.spec.reward_scale, device=self.device
+        ).float()
         self._t = 0
         self._cache = new_cache(self.model, n, self.device) if self.kv_cache and not self._samples_gaussian else None
         self._previous_actions = None
@@ -205,8 +211,10 @@ class DecisionTransformerPolicy:
                 f"(observation space {tuple(self.observation_space.shape or ())})"
             )
         if not np.isfinite(obs).all():
-            raise DtrlError(f"the observation holds NaN or Inf (at index {int(np.flatnonzero(~np.isfinite(obs))[0])}): "
-                            "the policy needs finite numbers")
+            raise DtrlError(
+                f"the observation holds NaN or Inf (at index {int(np.flatnonzero(~np.isfinite(obs))[0])}): "
+                "the policy needs finite numbers"
+            )
         return obs.reshape(envs, dim)
 
     def _to_env(self, pred: torch.Tensor) -> np.ndarray:

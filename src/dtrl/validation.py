@@ -55,7 +55,9 @@ def validation_split(run_dir: Path, num_episodes: int, fraction: float, seed: in
             saved = json.loads(path.read_text())
             episodes, total = np.asarray(saved["episodes"], dtype=np.int64), int(saved["num_episodes"])
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-            raise DtrlError(f"{path} is not a valid validation split ({e}): restore it, or start the run afresh") from None
+            raise DtrlError(
+                f"{path} is not a valid validation split ({e}): restore it, or start the run afresh"
+            ) from None
         if total != num_episodes:
             raise DtrlError(
                 f"{path} splits {total} episodes but the dataset now has {num_episodes}: "
@@ -78,12 +80,21 @@ class ActionError:
     """The action error of a model on a dataset's episodes, every step once (see the module docstring)."""
 
     def __init__(
-        self, dataset: EpisodeDataset, context_length: int, reward_scale: float, normalizer: Normalizer,
+        self,
+        dataset: EpisodeDataset,
+        context_length: int,
+        reward_scale: float,
+        normalizer: Normalizer,
         device: torch.device | str = "cpu",
     ) -> None:
         self.sampler = SegmentSampler(dataset, context_length, reward_scale, normalizer, device)
         self.starts = torch.from_numpy(
-            np.concatenate([np.arange(a, b, context_length) for a, b in zip(dataset.episode_starts[:-1], dataset.episode_starts[1:])])
+            np.concatenate(
+                [
+                    np.arange(a, b, context_length)
+                    for a, b in zip(dataset.episode_starts[:-1], dataset.episode_starts[1:])
+                ]
+            )
         )
         self.episodes, self.steps = dataset.num_episodes, len(dataset)
 
@@ -106,10 +117,17 @@ class ActionError:
         return total / count
 
 
-def offline_report(policy: "DecisionTransformerPolicy", dataset: EpisodeDataset) -> dict[str, Any]:
+def offline_report(policy: DecisionTransformerPolicy, dataset: EpisodeDataset) -> dict[str, Any]:
     """``dtrl eval --dataset``: the policy's action error on every step of the dataset's episodes."""
     spec = policy.spec
-    check_fits(dataset.observation_space, dataset.action_space, spec.observation_space, spec.action_space, dataset.name, spec.env_id)
+    check_fits(
+        dataset.observation_space,
+        dataset.action_space,
+        spec.observation_space,
+        spec.action_space,
+        dataset.name,
+        spec.env_id,
+    )
     error = ActionError(dataset, spec.model.context_length, spec.reward_scale, policy.normalizer, policy.device)
     return {
         "dataset": dataset.name,

@@ -13,17 +13,39 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 def _result() -> dict:
     def run(method: str, seed: int, returns: list[float]) -> dict:
         mean = float(np.mean(returns))
-        return {"method": method, "seed": seed, "train_and_eval_wall_s": 10.0 + seed,
-                "sampled": {"return_mean": mean, "returns": returns, "gamer_normalised": 100 * (mean - 1.7) / 28.8},
-                "argmax": {"gamer_normalised": -5.9}}
+        return {
+            "method": method,
+            "seed": seed,
+            "train_and_eval_wall_s": 10.0 + seed,
+            "sampled": {"return_mean": mean, "returns": returns, "gamer_normalised": 100 * (mean - 1.7) / 28.8},
+            "argmax": {"gamer_normalised": -5.9},
+        }
 
     return {
-        "runs": [run("DT", 0, [4.0, 2.0]), run("BC", 0, [1.0, 2.0]), run("DT", 1, [3.0, 3.0]), run("BC", 1, [3.0, 1.0])],
+        "runs": [
+            run("DT", 0, [4.0, 2.0]),
+            run("BC", 0, [1.0, 2.0]),
+            run("DT", 1, [3.0, 3.0]),
+            run("BC", 1, [3.0, 1.0]),
+        ],
         "random": {"return_mean": 1.1, "gamer_normalised": -2.08},
-        "dataset": {"agent": {"agent_steps": 4096, "wall_time_s": 12.0, "episodes": 9, "return_mean": 1.5,
-                              "return_last_100": 1.5, "return_max": 4.0},
-                    "episodes": 5, "transitions": 900, "return_mean": 1.6, "return_max": 4.0,
-                    "gamer_normalised_mean": -0.35, "observations_nbytes": 6_350_400, "npz_bytes": 61_000},
+        "dataset": {
+            "agent": {
+                "agent_steps": 4096,
+                "wall_time_s": 12.0,
+                "episodes": 9,
+                "return_mean": 1.5,
+                "return_last_100": 1.5,
+                "return_max": 4.0,
+            },
+            "episodes": 5,
+            "transitions": 900,
+            "return_mean": 1.6,
+            "return_max": 4.0,
+            "gamer_normalised_mean": -0.35,
+            "observations_nbytes": 6_350_400,
+            "npz_bytes": 61_000,
+        },
     }
 
 

@@ -67,7 +67,9 @@ def _run(bench, tiny: Path, out: Path, methods: str, *extra: str) -> None:
     )  # fmt: skip
 
 
-def test_tiny_run_writes_csv_report_and_resumes(tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+def test_tiny_run_writes_csv_report_and_resumes(
+    tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
     bench = _bench()
     monkeypatch.setitem(bench.BUDGETS, "cpu-reduced", bench.Budget(8, 2, 2, 3, 1, small_dt=True))
     methods = "dt,cql" if HAS_D3RLPY else "dt,bc"
@@ -138,7 +140,9 @@ def test_variants_write_offline_and_online_rows_and_the_report_compares_them(
     header = next(line for line in report.splitlines() if line.startswith("| dataset | DT"))
     assert header.split(" | ")[1:] == ["DT", "Decision ConvFormer", "ODT offline", "ODT online |"]
     variants_line = next(line for line in report.splitlines() if line.startswith("* reach-tiny: Decision ConvFormer"))
-    assert variants_line.count(" DT on every seed") + variants_line.count("of 1 seeds") == 3  # dc, odt, odt-online vs DT
+    assert (
+        variants_line.count(" DT on every seed") + variants_line.count("of 1 seeds") == 3
+    )  # dc, odt, odt-online vs DT
     assert "fine-tuning vs ODT offline:" in variants_line
     assert "Online DT fine-tuned for 30 environment steps" in report
 
@@ -164,7 +168,9 @@ def test_report_reads_and_upgrade_keeps_a_csv_written_before_the_variants(tmp_pa
     csv_path.write_text(",".join(old_columns) + "\n" + ",".join(row[c] for c in old_columns) + "\n")
     report = bench.report(out).read_text()
     assert "| pendulum-tiny | 28.6 ± 0.0 (n=1) |" in report
-    assert "Decision ConvFormer, ODT offline, ODT online." in next(x for x in report.splitlines() if x.startswith("* Not run"))
+    assert "Decision ConvFormer, ODT offline, ODT online." in next(
+        x for x in report.splitlines() if x.startswith("* Not run")
+    )
     assert "* pendulum-tiny: Decision ConvFormer not run; ODT offline not run; ODT online not run." in report
     bench.upgrade_csv(csv_path)
     assert csv_path.read_text().splitlines()[0] == ",".join(bench.COLUMNS)

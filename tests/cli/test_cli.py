@@ -30,7 +30,9 @@ def assert_user_error(proc: subprocess.CompletedProcess, *fragments: str) -> Non
 
 
 @pytest.fixture(scope="module")
-def trained_run(pendulum_path: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
+def trained_run(
+    pendulum_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, subprocess.CompletedProcess]:
     out = tmp_path_factory.mktemp("cli") / "run"
     proc = dtrl("train", *tiny_overrides(pendulum_path, out, steps=100), "checkpoint_every=50")
     return out, proc
@@ -39,7 +41,9 @@ def trained_run(pendulum_path: Path, tmp_path_factory: pytest.TempPathFactory) -
 def test_train_end_to_end_lowers_the_loss(trained_run):
     out, proc = trained_run
     assert proc.returncode == 0, proc.stderr
-    losses = [json.loads(x)["train/loss"] for x in (out / "metrics.jsonl").read_text().splitlines() if "train/loss" in x]
+    losses = [
+        json.loads(x)["train/loss"] for x in (out / "metrics.jsonl").read_text().splitlines() if "train/loss" in x
+    ]
     assert len(losses) == 10 and losses[-1] < 0.7 * losses[0]
     assert "checkpoint:" in proc.stdout
 

@@ -10,9 +10,9 @@ import pytest
 from typer.testing import CliRunner
 
 from dtrl.cli import app
+from dtrl.cli.quickstart import RISE_IN_ERRORS, quickstart_targets, standard_error, sweep_chart, sweep_verdict
 from dtrl.errors import DtrlError
 from dtrl.evaluate import EvalResult
-from dtrl.cli.quickstart import RISE_IN_ERRORS, quickstart_targets, standard_error, sweep_chart, sweep_verdict
 
 
 def result(target: float, returns: list[float]) -> EvalResult:
@@ -40,7 +40,12 @@ def test_a_rise_within_the_noise_is_not_called_following() -> None:
 
 
 def test_a_step_that_falls_by_more_than_its_error_is_not_following() -> None:
-    sweep = [result(900, [1000, 1001]), result(1800, [2500, 2501]), result(2700, [1500, 1501]), result(3600, [3000, 3001])]
+    sweep = [
+        result(900, [1000, 1001]),
+        result(1800, [2500, 2501]),
+        result(2700, [1500, 1501]),
+        result(3600, [3000, 3001]),
+    ]
     verdict = sweep_verdict(sweep)
     assert not verdict.follows and "falls from 2500 to 1500" in verdict.reason
 

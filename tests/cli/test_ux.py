@@ -20,8 +20,8 @@ from conftest import tiny_overrides
 from dtrl import __version__, cli
 from dtrl.checkpoint import PolicySpec, write_policy
 from dtrl.config import ModelConfig, load_config
-from dtrl.data.spaces import space_to_dict
 from dtrl.data.normalizer import Normalizer
+from dtrl.data.spaces import space_to_dict
 from dtrl.errors import DtrlError
 from dtrl.models import DecisionTransformer
 from dtrl.train import train
@@ -111,7 +111,9 @@ def _dtrl(*args: object, **env: str) -> subprocess.CompletedProcess:
 
 def test_eval_records_a_video_per_target(inverted_pendulum_policy: Path, tmp_path: Path):
     pytest.importorskip("moviepy")
-    proc = _dtrl("eval", inverted_pendulum_policy, "-r", "5", "50", "-n", "1", "--device", "cpu", "--video", tmp_path / "v")
+    proc = _dtrl(
+        "eval", inverted_pendulum_policy, "-r", "5", "50", "-n", "1", "--device", "cpu", "--video", tmp_path / "v"
+    )
     assert proc.returncode == 0, proc.stderr
     for target in ("5", "50"):
         video = tmp_path / "v" / f"target_{target}-episode-0.mp4"

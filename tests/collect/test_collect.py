@@ -6,10 +6,10 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-from dtrl.data.readers import QUICKSTART_PATH
-from dtrl.collect.recorder import random_policy, record_episodes
 from dtrl.collect.agents import train_behaviour_agent
+from dtrl.collect.recorder import random_policy, record_episodes
 from dtrl.data.episodes import EpisodeDataset
+from dtrl.data.readers import QUICKSTART_PATH
 from dtrl.errors import DtrlError
 
 
@@ -37,9 +37,7 @@ def test_pendulum_episodes_are_cut_by_the_time_limit():
 
 def test_hopper_termination_and_truncation_are_recorded_apart():
     limit = 20
-    eps = record_episodes(
-        _random("Hopper-v5", 1), "Hopper-v5", num_transitions=400, seed=1, max_episode_steps=limit
-    )
+    eps = record_episodes(_random("Hopper-v5", 1), "Hopper-v5", num_transitions=400, seed=1, max_episode_steps=limit)
     _assert_ends_only_at_last_step(eps)
     lengths = np.array([len(e) for e in eps])
     terminated = np.array([e.terminations[-1] for e in eps])
@@ -79,7 +77,12 @@ def test_snapshot_policies_roll_out_reproducibly():
 
     torch.set_num_threads(1)
     snaps = train_behaviour_agent(
-        "Pendulum-v1", 256, [128, 256, 10_000], algo="ppo", seed=0, n_envs=2,
+        "Pendulum-v1",
+        256,
+        [128, 256, 10_000],
+        algo="ppo",
+        seed=0,
+        n_envs=2,
         hyperparams={"n_steps": 64, "batch_size": 64, "n_epochs": 1},
     )
     assert [s.timesteps for s in snaps] == [128, 256]

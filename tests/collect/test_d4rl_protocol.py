@@ -18,13 +18,14 @@ import pytest
 
 pytest.importorskip("stable_baselines3")
 
-from dtrl.data.cache import CACHE_ENV_VAR, default_cache_dir  # noqa: E402
-from dtrl.collect.d4rl import collect_d4rl  # noqa: E402
-from dtrl.collect.recorder import record_vector, uniform_batch_policy  # noqa: E402
-from dtrl.data.episodes import EpisodeDataset  # noqa: E402
-from dtrl.data.readers import open_dataset as load_dataset, read_d4rl, read_minari  # noqa: E402
-from dtrl.data.writers import write_d4rl, write_minari  # noqa: E402
-from dtrl.errors import DtrlError  # noqa: E402
+from dtrl.collect.d4rl import collect_d4rl
+from dtrl.collect.recorder import record_vector, uniform_batch_policy
+from dtrl.data.cache import CACHE_ENV_VAR, default_cache_dir
+from dtrl.data.episodes import EpisodeDataset
+from dtrl.data.readers import open_dataset as load_dataset
+from dtrl.data.readers import read_d4rl, read_minari
+from dtrl.data.writers import write_d4rl, write_minari
+from dtrl.errors import DtrlError
 
 ENV = "InvertedPendulum-v5"
 LIMIT = 50
@@ -160,8 +161,10 @@ def test_d4rl_export_is_read_back_by_read_d4rl(collected, tmp_path):
     assert back.ref_scores == pytest.approx(original.ref_scores)
     with h5py.File(path) as f:
         nxt = f["next_observations"][()]
-    np.testing.assert_array_equal(nxt[:-1][~(original.terminations | original.truncations)[:-1]],
-                                  original.observations[1:][~(original.terminations | original.truncations)[:-1]])
+    np.testing.assert_array_equal(
+        nxt[:-1][~(original.terminations | original.truncations)[:-1]],
+        original.observations[1:][~(original.terminations | original.truncations)[:-1]],
+    )
     np.testing.assert_array_equal(nxt[original.episode_starts[1:] - 1], original.final_observations)
 
 
@@ -183,7 +186,9 @@ def test_cli_list_info_and_export(collected, tmp_path):
     env = {**os.environ, CACHE_ENV_VAR: str(cache)}
 
     def dtrl(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "dtrl", *args], capture_output=True, text=True, env=env, timeout=120)
+        return subprocess.run(
+            [sys.executable, "-m", "dtrl", *args], capture_output=True, text=True, env=env, timeout=120
+        )
 
     listed = dtrl("data", "list")
     assert listed.returncode == 0 and "invertedpendulum-medium-replay" in listed.stdout.replace("\n", "")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
 from pathlib import Path
@@ -9,13 +10,13 @@ from typing import Any
 
 import gymnasium as gym
 import h5py
-import json
 import minari
 import numpy as np
 import pytest
 from minari.data_collector import EpisodeBuffer
 
-from dtrl.data import EpisodeDataset, open_dataset as load_dataset, read_d4rl, read_minari
+from dtrl.data import EpisodeDataset, read_d4rl, read_minari
+from dtrl.data import open_dataset as load_dataset
 from dtrl.errors import DtrlError
 
 DOOR = Path(__file__).resolve().parents[3] / "shared" / "data" / "door-human-v0.hdf5"
@@ -98,9 +99,7 @@ def reference_split(terminals: np.ndarray, timeouts: np.ndarray) -> list[tuple[i
 @pytest.mark.parametrize("with_timeouts", [True, False])
 @pytest.mark.parametrize("trailing", [0, 7])
 @pytest.mark.parametrize("seed", [0, 1])
-def test_d4rl_split_matches_reference_loop(
-    tmp_path: Path, with_timeouts: bool, trailing: int, seed: int
-) -> None:
+def test_d4rl_split_matches_reference_loop(tmp_path: Path, with_timeouts: bool, trailing: int, seed: int) -> None:
     arrays = d4rl_arrays(300, seed)
     if trailing:  # a flag, then `trailing` unflagged steps: a collection cut short
         arrays["terminals"][-trailing:] = arrays["timeouts"][-trailing:] = False
@@ -182,9 +181,7 @@ def make_minari(dataset_id: str, env_id: str, episodes: int = 4, steps: int = 15
         )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Minari nags about author, description, ...
-        minari.create_dataset_from_buffers(
-            dataset_id, buffers, env=env, ref_min_score=-2.0, ref_max_score=9.0
-        )
+        minari.create_dataset_from_buffers(dataset_id, buffers, env=env, ref_min_score=-2.0, ref_max_score=9.0)
 
 
 @pytest.fixture
@@ -200,17 +197,11 @@ def assert_matches_minari(ds: EpisodeDataset, dataset_id: str) -> None:
     assert ds.num_episodes == len(episodes)
     assert len(ds) == ref.total_steps
     np.testing.assert_array_equal(ds.episode_lengths, [len(e) for e in episodes])
-    np.testing.assert_array_equal(
-        ds.observations, np.concatenate([e.observations[:-1] for e in episodes])
-    )
+    np.testing.assert_array_equal(ds.observations, np.concatenate([e.observations[:-1] for e in episodes]))
     np.testing.assert_array_equal(ds.actions, np.concatenate([e.actions for e in episodes]))
-    np.testing.assert_array_equal(
-        ds.rewards, np.concatenate([e.rewards for e in episodes]).astype(np.float32)
-    )
+    np.testing.assert_array_equal(ds.rewards, np.concatenate([e.rewards for e in episodes]).astype(np.float32))
     for key in ("terminations", "truncations"):
-        np.testing.assert_array_equal(
-            getattr(ds, key), np.concatenate([getattr(e, key) for e in episodes])
-        )
+        np.testing.assert_array_equal(getattr(ds, key), np.concatenate([getattr(e, key) for e in episodes]))
     assert ds.observation_space == ref.observation_space
     assert ds.action_space == ref.action_space
     assert ds.env_id == ref.env_spec.id
@@ -299,9 +290,7 @@ def test_native_round_trip_is_bit_exact(tmp_path: Path, compress: bool) -> None:
     assert path.suffix == ".npz"
 
     loaded = load_dataset(path)
-    for key in (
-        "observations", "actions", "rewards", "terminations", "truncations", "episode_starts"
-    ):
+    for key in ("observations", "actions", "rewards", "terminations", "truncations", "episode_starts"):
         a, b = getattr(original, key), getattr(loaded, key)
         assert a.dtype == b.dtype and a.shape == b.shape
         assert a.tobytes() == b.tobytes(), key
@@ -345,9 +334,7 @@ def test_truncated_hdf5(tmp_path: Path) -> None:
 def test_missing_key_names_what_is_there(tmp_path: Path) -> None:
     arrays = d4rl_arrays(10)
     del arrays["rewards"]
-    with raises_one_line(
-        r"lacks rewards \(it has: actions, observations, terminals, timeouts\)"
-    ):
+    with raises_one_line(r"lacks rewards \(it has: actions, observations, terminals, timeouts\)"):
         read_d4rl(write_d4rl(tmp_path / "norew.hdf5", **arrays))
 
 

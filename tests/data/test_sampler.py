@@ -107,12 +107,16 @@ def test_sampler_is_reproducible_and_resumable():
 @pytest.mark.parametrize("K", [1, 4])
 def test_discrete_actions_and_short_episodes(K: int):
     eps = [
-        Episode(np.ones((n, 2), np.float32), np.arange(n) % 3, np.ones(n, np.float32), np.eye(n, dtype=bool)[-1], np.zeros(n, bool))
+        Episode(
+            np.ones((n, 2), np.float32),
+            np.arange(n) % 3,
+            np.ones(n, np.float32),
+            np.eye(n, dtype=bool)[-1],
+            np.zeros(n, bool),
+        )
         for n in (1, 2, 5)
     ]
     ds = EpisodeDataset.from_episodes(eps)
     b = SegmentSampler(ds, K, 1.0, seed=0).sample(32)
     assert b.actions.dtype == torch.long and b.actions.shape == (32, K)
     assert b.mask[:, -1].all(), "the last position is always a real step"
-
-

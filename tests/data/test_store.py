@@ -11,16 +11,16 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import tiny_overrides
 from dtrl.checkpoint import load_policy_files
 from dtrl.config import load_config
-from dtrl.data import Episode, EpisodeDataset, open_dataset as load_dataset
+from dtrl.data import Episode, EpisodeDataset
+from dtrl.data import open_dataset as load_dataset
 from dtrl.data.normalizer import Normalizer
 from dtrl.data.sampler import SegmentSampler
 from dtrl.data.store import StoredEpisodeDataset, StoreWriter, is_store, open_store, write_store
 from dtrl.errors import DtrlError
 from dtrl.train import train
-
-from conftest import tiny_overrides
 
 
 def _episodes(lengths: list[int], obs_dim: int = 3, discrete: int = 0, seed: int = 0) -> list[Episode]:
@@ -87,10 +87,12 @@ def test_an_interrupted_write_leaves_no_store(tmp_path: Path):
     good, bad = _episodes([5, 5])
     bad.observations[2, 0] = np.nan
     space = gym.spaces.Box(-np.inf, np.inf, (3,), np.float32)
-    with pytest.raises(DtrlError, match="NaN"):
-        with StoreWriter(tmp_path / "store", space, gym.spaces.Box(-1, 1, (2,), np.float32)) as writer:
-            writer.add(good)
-            writer.add(bad)
+    with (
+        pytest.raises(DtrlError, match="NaN"),
+        StoreWriter(tmp_path / "store", space, gym.spaces.Box(-1, 1, (2,), np.float32)) as writer,
+    ):
+        writer.add(good)
+        writer.add(bad)
     assert list(tmp_path.iterdir()) == []
     write_store(EpisodeDataset.from_episodes([good]), tmp_path / "store")
     with pytest.raises(DtrlError, match="already exists"):
@@ -128,5 +130,7 @@ def test_the_cli_converts_to_a_store(pendulum_path: Path, tmp_path: Path):
 
     done = dtrl("data", "convert", pendulum_path, tmp_path / "store", "--store")
     assert done.returncode == 0, done.stderr
-    assert is_store(tmp_path / "store") and len(open_store(tmp_path / "store")) == len(EpisodeDataset.load(pendulum_path))
+    assert is_store(tmp_path / "store") and len(open_store(tmp_path / "store")) == len(
+        EpisodeDataset.load(pendulum_path)
+    )
     assert_user_error(dtrl("data", "convert", pendulum_path, tmp_path / "store", "--store"), "already exists")

@@ -12,14 +12,14 @@ import numpy as np
 import pytest
 import torch
 
-from dtrl.envs import atari
-from dtrl.envs.scores import env_family
 from dtrl.config import ModelConfig
 from dtrl.data.dqn_replay import checkpoint_numbers, read_checkpoint, read_dqn_replay, write_checkpoint
 from dtrl.data.episodes import EpisodeDataset
-from dtrl.data.readers import open_dataset as load_dataset
 from dtrl.data.normalizer import Normalizer
+from dtrl.data.readers import open_dataset as load_dataset
 from dtrl.data.sampler import SegmentSampler
+from dtrl.envs import atari
+from dtrl.envs.scores import env_family
 from dtrl.errors import DtrlError
 from dtrl.models import DecisionTransformer
 from dtrl.models.encoders import NatureCNN
@@ -29,7 +29,9 @@ needs_ale = pytest.mark.skipif(not HAVE_ALE, reason="ale-py and opencv are not i
 SIDE = 12  # small frames keep the pure-data tests fast; the CNN and env tests use 84x84
 
 
-def frame_dataset(lengths: list[int], side: int = SIDE, n_actions: int = 4, env_id: str | None = None) -> EpisodeDataset:
+def frame_dataset(
+    lengths: list[int], side: int = SIDE, n_actions: int = 4, env_id: str | None = None
+) -> EpisodeDataset:
     """Frames whose every pixel is (global step + 1) % 256, so a stacked frame says which step it came from."""
     n = sum(lengths)
     frames = ((np.arange(n) + 1) % 256).astype(np.uint8)[:, None, None] * np.ones((1, side, side), np.uint8)
@@ -74,8 +76,16 @@ def test_nature_cnn_embeds_flat_uint8_stacks_as_their_float_values():
 
 
 def test_decision_transformer_uses_the_cnn_for_image_observations():
-    config = ModelConfig(observation_dim=4 * 84 * 84, observation_shape=[4, 84, 84], action_dim=4, discrete=True,
-                         context_length=3, n_layer=1, n_head=2, n_embd=16)
+    config = ModelConfig(
+        observation_dim=4 * 84 * 84,
+        observation_shape=[4, 84, 84],
+        action_dim=4,
+        discrete=True,
+        context_length=3,
+        n_layer=1,
+        n_head=2,
+        n_embd=16,
+    )
     model = DecisionTransformer(config)
     assert isinstance(model.embed_state, NatureCNN)
     states = torch.randint(0, 256, (2, 3, 4 * 84 * 84), dtype=torch.uint8)
@@ -92,10 +102,15 @@ def test_policy_samples_discrete_actions_when_asked_as_the_paper_evaluates_atari
     from dtrl.policy import DecisionTransformerPolicy
 
     torch.manual_seed(0)
-    config = ModelConfig(observation_dim=3, action_dim=4, discrete=True, context_length=2, n_layer=1, n_head=1, n_embd=8)
+    config = ModelConfig(
+        observation_dim=3, action_dim=4, discrete=True, context_length=2, n_layer=1, n_head=1, n_embd=8
+    )
     spec = PolicySpec(
-        model=config, reward_scale=1.0, normalizer=Normalizer(np.zeros(3, np.float32), np.ones(3, np.float32)).to_dict(),
-        observation_space=space_to_dict(gym.spaces.Box(-1, 1, (3,))), action_space=space_to_dict(gym.spaces.Discrete(4)),
+        model=config,
+        reward_scale=1.0,
+        normalizer=Normalizer(np.zeros(3, np.float32), np.ones(3, np.float32)).to_dict(),
+        observation_space=space_to_dict(gym.spaces.Box(-1, 1, (3,))),
+        action_space=space_to_dict(gym.spaces.Discrete(4)),
     )
     policy = DecisionTransformerPolicy(DecisionTransformer(config), spec)
     obs = np.zeros((64, 3), np.float32)
@@ -144,9 +159,14 @@ def test_image_dataset_stays_uint8_in_the_sampler_and_on_disk(tmp_path):
     assert loaded.observations.dtype == np.uint8 and loaded.frame_stack == 4
     with pytest.raises(DtrlError, match="stacks of 4 frames"):
         EpisodeDataset.from_arrays(
-            observations=data.observations, actions=data.actions, rewards=data.rewards,
-            terminations=data.terminations, truncations=data.truncations, episode_starts=data.episode_starts,
-            observation_space=gym.spaces.Box(0, 255, (SIDE, SIDE), np.uint8), metadata={"frame_stack": 4},
+            observations=data.observations,
+            actions=data.actions,
+            rewards=data.rewards,
+            terminations=data.terminations,
+            truncations=data.truncations,
+            episode_starts=data.episode_starts,
+            observation_space=gym.spaces.Box(0, 255, (SIDE, SIDE), np.uint8),
+            metadata={"frame_stack": 4},
         )
 
 
@@ -155,8 +175,11 @@ def test_written_checkpoints_are_dopamines_gzipped_npy_files(tmp_path):
     write_replay(tmp_path, [[5, 7]])
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names == [
-        "$store$_action_ckpt.0.gz", "$store$_observation_ckpt.0.gz", "$store$_reward_ckpt.0.gz",
-        "$store$_terminal_ckpt.0.gz", "add_count_ckpt.0.gz",
+        "$store$_action_ckpt.0.gz",
+        "$store$_observation_ckpt.0.gz",
+        "$store$_reward_ckpt.0.gz",
+        "$store$_terminal_ckpt.0.gz",
+        "add_count_ckpt.0.gz",
     ]
     with gzip.open(tmp_path / "$store$_observation_ckpt.0.gz") as f:
         obs = np.load(f)
@@ -219,7 +242,9 @@ def test_reader_rejects_corrupt_truncated_and_inconsistent_files(tmp_path):
 def test_gamer_normalised_score_and_unknown_games():
     assert atari.gamer_normalized(1.7, "ALE/Breakout-v5") == pytest.approx(0.0)
     assert atari.gamer_normalized(14.6, "ALE/Pong-v5") == pytest.approx(100.0)
-    assert env_family("ALE/Qbert-v5") == "qbert" and atari.is_atari("ALE/Seaquest-v5") and not atari.is_atari("Hopper-v5")
+    assert (
+        env_family("ALE/Qbert-v5") == "qbert" and atari.is_atari("ALE/Seaquest-v5") and not atari.is_atari("Hopper-v5")
+    )
     with pytest.raises(DtrlError, match="no published gamer score"):
         atari.gamer_reference("ALE/Tetris-v5")
 
@@ -247,8 +272,17 @@ def test_tiny_pixel_run_trains_and_evaluates_in_parallel(tmp_path):
     data.ref_scores = atari.gamer_reference("ALE/Breakout-v5")
     path = data.save(tmp_path / "tiny.npz")
     config = TrainConfig(
-        dataset=str(path), out_dir=str(tmp_path / "run"), steps=2, batch_size=2, warmup_steps=1, reward_scale=1,
-        log_every=1, eval_episodes=2, eval_max_episode_steps=15, target_returns=[90], num_threads=1,
+        dataset=str(path),
+        out_dir=str(tmp_path / "run"),
+        steps=2,
+        batch_size=2,
+        warmup_steps=1,
+        reward_scale=1,
+        log_every=1,
+        eval_episodes=2,
+        eval_max_episode_steps=15,
+        target_returns=[90],
+        num_threads=1,
         model=ModelConfig(context_length=4, n_layer=1, n_head=2, n_embd=16),
     )
     result = train(config)
@@ -263,7 +297,12 @@ def test_collect_records_every_training_transition_as_dqn_replay(tmp_path):
     from dtrl.collect.atari import collect_atari
 
     path = collect_atari(
-        "ALE/Breakout-v5", transitions=150, agent_steps=512, cache_dir=tmp_path, n_envs=2, checkpoints=2,
+        "ALE/Breakout-v5",
+        transitions=150,
+        agent_steps=512,
+        cache_dir=tmp_path,
+        n_envs=2,
+        checkpoints=2,
         hyperparams={"n_steps": 128, "batch_size": 64, "n_epochs": 1},
     )
     data = EpisodeDataset.load(path)

@@ -13,9 +13,9 @@ import dtrl  # noqa: F401  (registers dtrl/KeyToDoor-v0)
 from dtrl.collect.d4rl import collect_random
 from dtrl.data.episodes import EpisodeDataset
 from dtrl.envs import success_return
+from dtrl.envs.key_to_door import ENV_ID, MOVES, KeyToDoorEnv
 from dtrl.errors import DtrlError
 from dtrl.evaluate import evaluate_random
-from dtrl.envs.key_to_door import ENV_ID, MOVES, KeyToDoorEnv
 
 SIZE = KeyToDoorEnv().size
 
@@ -161,4 +161,6 @@ def test_cli_collects_random_episodes(tmp_path: Path):
     assert result.exit_code == 0, result.output
     assert EpisodeDataset.load(tmp_path / "keytodoor-random-3ep.npz").num_episodes == 3
     result = collect("medium")
-    assert isinstance(result.exception, DtrlError) and "--episodes records random episodes only" in str(result.exception)
+    assert isinstance(result.exception, DtrlError) and "--episodes records random episodes only" in str(
+        result.exception
+    )

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import gymnasium as gym
 import numpy as np
@@ -42,16 +42,16 @@ def windows_and_actions(policy: dtrl.policy.DecisionTransformerPolicy, steps: in
         window = history[-K:]
         pad = K - len(window)
         R = np.zeros((1, K), np.float32)
-        O = np.zeros((1, K, 3), np.float32)
+        S = np.zeros((1, K, 3), np.float32)
         A = np.zeros((1, K, 1), np.float32)
         T = np.zeros((1, K), np.int64)
         M = np.zeros((1, K), bool)
         R[0, pad:] = [w[0] for w in window]
-        O[0, pad:] = [w[1] for w in window]
+        S[0, pad:] = [w[1] for w in window]
         A[0, pad:] = [w[2] for w in window]
         T[0, pad:] = np.arange(t - len(window) + 1, t + 1)
         M[0, pad:] = True
-        yield (R, O, A, T, M), action
+        yield (R, S, A, T, M), action
         history[-1] = (rtg, obs, action)
         obs, reward, *_ = env.step(action)
 

@@ -69,7 +69,9 @@ def tutorial_actions(model, mean: np.ndarray, std: np.ndarray, context: int, sca
         r = torch.cat([torch.zeros((1, padding, 1)), r], dim=1).float()
         ts = torch.cat([torch.zeros((1, padding), dtype=torch.long), ts], dim=1)
         with torch.no_grad():
-            _, action_preds, _ = model(states=s, actions=a, returns_to_go=r, timesteps=ts, attention_mask=mask, return_dict=False)
+            _, action_preds, _ = model(
+                states=s, actions=a, returns_to_go=r, timesteps=ts, attention_mask=mask, return_dict=False
+            )
         action = action_preds[0, -1]
         actions[-1] = action
         out.append(action.numpy().copy())
@@ -101,7 +103,9 @@ def save_transformers(model, directory: Path, safetensors: bool) -> None:
 
 HF_VARIANTS = {
     "default": {},
-    "gelu_new-eps-invscale": dict(activation_function="gelu_new", layer_norm_epsilon=1e-3, scale_attn_by_inverse_layer_idx=True),
+    "gelu_new-eps-invscale": dict(
+        activation_function="gelu_new", layer_norm_epsilon=1e-3, scale_attn_by_inverse_layer_idx=True
+    ),
     "gelu-unscaled-untanh": dict(activation_function="gelu", scale_attn_weights=False, action_tanh=False, n_inner=64),
 }
 
@@ -110,7 +114,13 @@ HF_VARIANTS = {
 @pytest.mark.parametrize("variant", list(HF_VARIANTS))
 def test_transformers_model_acts_the_same_in_dtrl(tmp_path: Path, variant: str, safetensors: bool) -> None:
     config = transformers.DecisionTransformerConfig(
-        state_dim=STATE_DIM, act_dim=ACT_DIM, hidden_size=32, n_layer=2, n_head=2, max_ep_len=100, **HF_VARIANTS[variant]
+        state_dim=STATE_DIM,
+        act_dim=ACT_DIM,
+        hidden_size=32,
+        n_layer=2,
+        n_head=2,
+        max_ep_len=100,
+        **HF_VARIANTS[variant],
     )
     torch.manual_seed(0)
     hf_model = transformers.DecisionTransformerModel(config)
@@ -134,7 +144,9 @@ def test_transformers_model_acts_the_same_in_dtrl(tmp_path: Path, variant: str, 
 
 
 def test_transformers_directory_without_state_statistics_says_what_to_pass(tmp_path: Path) -> None:
-    transformers.DecisionTransformerModel(transformers.DecisionTransformerConfig(state_dim=3, act_dim=1)).save_pretrained(tmp_path)
+    transformers.DecisionTransformerModel(
+        transformers.DecisionTransformerConfig(state_dim=3, act_dim=1)
+    ).save_pretrained(tmp_path)
     with pytest.raises(DtrlError, match="--state-stats FILE"):
         dtrl.load(tmp_path, "cpu")
     with pytest.raises(DtrlError, match="state_mean must be 3 finite numbers"):
@@ -168,8 +180,15 @@ def dtrl_policy_dir(directory: Path, cfg: ModelConfig, bounded: bool = False) ->
 @pytest.mark.parametrize("activation", ["relu", "gelu", "gelu_exact"])
 def test_exported_dtrl_model_acts_the_same_in_transformers(tmp_path: Path, activation: str) -> None:
     cfg = ModelConfig(
-        observation_dim=STATE_DIM, action_dim=ACT_DIM, context_length=K, max_episode_length=100, n_layer=2, n_head=2,
-        n_embd=32, activation=activation, layer_norm_epsilon=1e-4 if activation == "gelu" else 1e-5,
+        observation_dim=STATE_DIM,
+        action_dim=ACT_DIM,
+        context_length=K,
+        max_episode_length=100,
+        n_layer=2,
+        n_head=2,
+        n_embd=32,
+        activation=activation,
+        layer_norm_epsilon=1e-4 if activation == "gelu" else 1e-5,
     )
     spec = dtrl_policy_dir(tmp_path / "policy", cfg, bounded=activation == "relu")
     written = export(tmp_path / "policy", "transformers", tmp_path / "hf", "dtrl export")
@@ -203,13 +222,32 @@ def test_export_says_in_one_line_what_transformers_cannot_express(tmp_path: Path
 
 
 def test_dtrl_eval_runs_a_transformers_directory_from_the_command_line(tmp_path: Path) -> None:
-    hf_model = transformers.DecisionTransformerModel(transformers.DecisionTransformerConfig(state_dim=3, act_dim=1, hidden_size=16, n_layer=1))
+    hf_model = transformers.DecisionTransformerModel(
+        transformers.DecisionTransformerConfig(state_dim=3, act_dim=1, hidden_size=16, n_layer=1)
+    )
     hf_model.save_pretrained(tmp_path / "hf")
     (tmp_path / "stats.json").write_text(json.dumps({"state_mean": [0.0, 0.0, 0.0], "state_std": [1.0, 1.0, 2.0]}))
     proc = subprocess.run(
-        [sys.executable, "-m", "dtrl", "eval", str(tmp_path / "hf"), "--env", "Pendulum-v1", "--state-stats",
-         str(tmp_path / "stats.json"), "-r", "-200", "--episodes", "2", "-o", str(tmp_path / "eval.json")],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "dtrl",
+            "eval",
+            str(tmp_path / "hf"),
+            "--env",
+            "Pendulum-v1",
+            "--state-stats",
+            str(tmp_path / "stats.json"),
+            "-r",
+            "-200",
+            "--episodes",
+            "2",
+            "-o",
+            str(tmp_path / "eval.json"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
     [result] = json.loads((tmp_path / "eval.json").read_text())
@@ -220,7 +258,9 @@ def test_tutorial_example_saves_a_model_dtrl_runs(tmp_path: Path) -> None:
     root = Path(__file__).resolve().parents[2]
     proc = subprocess.run(
         [sys.executable, str(root / "examples" / "transformers_tutorial.py"), str(tmp_path / "hf"), "--steps", "3"],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     policy = dtrl.load(tmp_path / "hf", "cpu", state_stats={"state_mean": [0.0] * 11, "state_std": [1.0] * 11})

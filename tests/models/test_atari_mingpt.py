@@ -19,6 +19,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from test_atari import frame_dataset
 from torch import nn
 
 from dtrl.config import ModelConfig, load_config
@@ -28,7 +29,6 @@ from dtrl.data.sampler import SegmentSampler
 from dtrl.models import DecisionTransformer
 from dtrl.policy import DecisionTransformerPolicy
 from dtrl.train import train
-from test_atari import frame_dataset
 
 ROOT = Path(__file__).resolve().parents[2]
 MINGPT = dict(
@@ -45,7 +45,9 @@ class RefAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, C = x.shape
-        k, q, v = (f(x).view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for f in (self.key, self.query, self.value))
+        k, q, v = (
+            f(x).view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for f in (self.key, self.query, self.value)
+        )
         att = (q @ k.transpose(-2, -1)) / math.sqrt(k.size(-1))
         att = att.masked_fill(torch.tril(torch.ones(T, T)) == 0, float("-inf")).softmax(-1)
         return self.proj((att @ v).transpose(1, 2).reshape(B, T, C))
@@ -102,13 +104,25 @@ def load_reference(model: DecisionTransformer, ref: MinGPTAtari) -> None:
          "embed_action.weight": ref.action_embeddings[0].weight, "action_head.weight": ref.head.weight,
          "transformer.ln_f.weight": ref.ln_f.weight, "transformer.ln_f.bias": ref.ln_f.bias}  # fmt: skip
     for i, j in ((0, 0), (2, 2), (4, 4)):
-        w[f"embed_state.convs.{i}.weight"], w[f"embed_state.convs.{i}.bias"] = ref.state_encoder[j].weight, ref.state_encoder[j].bias
-    w["embed_state.linear.weight"], w["embed_state.linear.bias"] = ref.state_encoder[7].weight, ref.state_encoder[7].bias
+        w[f"embed_state.convs.{i}.weight"], w[f"embed_state.convs.{i}.bias"] = (
+            ref.state_encoder[j].weight,
+            ref.state_encoder[j].bias,
+        )
+    w["embed_state.linear.weight"], w["embed_state.linear.bias"] = (
+        ref.state_encoder[7].weight,
+        ref.state_encoder[7].bias,
+    )
     for i, b in enumerate(ref.blocks):
         p = f"transformer.blocks.{i}."
         w[p + "attn.qkv.weight"] = torch.cat([b.attn.query.weight, b.attn.key.weight, b.attn.value.weight])
         w[p + "attn.qkv.bias"] = torch.cat([b.attn.query.bias, b.attn.key.bias, b.attn.value.bias])
-        for name, module in (("ln_1", b.ln1), ("ln_2", b.ln2), ("attn.proj", b.attn.proj), ("mlp.fc", b.mlp[0]), ("mlp.proj", b.mlp[2])):
+        for name, module in (
+            ("ln_1", b.ln1),
+            ("ln_2", b.ln2),
+            ("attn.proj", b.attn.proj),
+            ("mlp.fc", b.mlp[0]),
+            ("mlp.proj", b.mlp[2]),
+        ):
             w[p + name + ".weight"], w[p + name + ".bias"] = module.weight, module.bias
     model.load_state_dict({k: v.detach().clone() for k, v in w.items()}, strict=True)
 
@@ -141,7 +155,10 @@ def test_output_on_a_fixed_input_equals_the_reference():
         got = model(rtg, states, actions, timesteps)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
     # a left-padded window (an exported policy's input) gives what the unpadded one gives
-    pad = lambda x: torch.cat([torch.zeros_like(x[:, :1]), x[:, :2]], 1)  # noqa: E731
+
+    def pad(x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([torch.zeros_like(x[:, :1]), x[:, :2]], 1)
+
     mask = torch.tensor([[False, True, True]] * 2)
     padded = model(pad(rtg), pad(states), pad(actions), pad(timesteps), mask)
     torch.testing.assert_close(padded[:, 1:], model(rtg[:, :2], states[:, :2], actions[:, :2], timesteps[:, :2]))
@@ -180,7 +197,9 @@ def test_in_episode_segments_end_where_their_episode_ends():
     lengths, K = [5, 12, 3, 9], 4
     data = vector_dataset(lengths)
     starts = np.concatenate([[0], np.cumsum(lengths)])
-    normalizer = Normalizer(np.zeros(1, np.float32), np.ones(1, np.float32), np.full(1, -1, np.float32), np.ones(1, np.float32))
+    normalizer = Normalizer(
+        np.zeros(1, np.float32), np.ones(1, np.float32), np.full(1, -1, np.float32), np.ones(1, np.float32)
+    )
     batch = SegmentSampler(data, K, 1.0, normalizer, seed=3, in_episode=True).sample(400)
     drawn = torch.randint(0, len(data), (400,), generator=torch.Generator().manual_seed(3)).numpy()
     for row, draw in enumerate(drawn):  # the paper's rule: a segment that would cross its episode's end ends there

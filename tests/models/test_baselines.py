@@ -8,9 +8,11 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from test_export import assert_matches
 from torch import nn
 
 import dtrl
+from conftest import pendulum_spec, tiny_overrides
 from dtrl.config import ModelConfig, load_config
 from dtrl.data import Episode, EpisodeDataset
 from dtrl.data.normalizer import Normalizer
@@ -18,12 +20,9 @@ from dtrl.data.sampler import SegmentSampler
 from dtrl.errors import DtrlError
 from dtrl.export import TORCHSCRIPT_FILE, export
 from dtrl.models import MLPBehaviourCloning, build_model
+from dtrl.train import train
 from dtrl.train.run import RunData
 from dtrl.train.step import action_loss
-from dtrl.train import train
-
-from conftest import pendulum_spec, tiny_overrides
-from test_export import assert_matches
 
 
 def _episodes(lengths: list[int], returns: list[float], seed: int = 0) -> EpisodeDataset:

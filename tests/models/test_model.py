@@ -103,7 +103,7 @@ def test_activation_checkpointing_gives_the_same_loss_and_gradients(tiny_model_c
         torch.manual_seed(1)
         rtg, states, actions, timesteps = _inputs(cfg)
         kept: list[int] = []
-        with torch.autograd.graph.saved_tensors_hooks(lambda t: kept.append(t.numel()) or t, lambda t: t):
+        with torch.autograd.graph.saved_tensors_hooks(lambda t, kept=kept: kept.append(t.numel()) or t, lambda t: t):
             out = model(rtg, states, actions, timesteps)
         out.square().mean().backward()
         grads.append({n: p.grad for n, p in model.named_parameters()})

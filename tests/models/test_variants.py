@@ -19,18 +19,18 @@ from conftest import tiny_overrides
 from dtrl.checkpoint import PolicySpec, load_policy_files, write_policy
 from dtrl.config import FinetuneConfig, ModelConfig, load_config
 from dtrl.data import Episode, EpisodeDataset
-from dtrl.data.spaces import space_to_dict
-from dtrl.data.sampler import Batch, SegmentSampler
 from dtrl.data.normalizer import Normalizer
+from dtrl.data.sampler import Batch, SegmentSampler
+from dtrl.data.spaces import space_to_dict
 from dtrl.errors import DtrlError
 from dtrl.evaluate import EpisodeRecorder, rollout
-from dtrl.train.finetune import TrajectoryBuffer, collect, finetune
 from dtrl.models import DecisionTransformer
 from dtrl.models.gaussian import log_prob, target_entropy, temperature
-from dtrl.train.step import stochastic_action_loss
 from dtrl.models.mixers import CausalConvMixer
 from dtrl.policy import DecisionTransformerPolicy
 from dtrl.train import train
+from dtrl.train.finetune import TrajectoryBuffer, collect, finetune
+from dtrl.train.step import stochastic_action_loss
 
 REACH = "DtrlTestReach-v0"
 
@@ -109,7 +109,9 @@ def test_conv_mixer_is_causal_and_local():
 
 def test_conv_model_never_sees_the_future_or_padding():
     torch.manual_seed(0)
-    cfg = ModelConfig(observation_dim=3, action_dim=2, context_length=6, n_layer=2, n_embd=16, dropout=0.0, token_mixer="conv")
+    cfg = ModelConfig(
+        observation_dim=3, action_dim=2, context_length=6, n_layer=2, n_embd=16, dropout=0.0, token_mixer="conv"
+    )
     model = DecisionTransformer(cfg).eval()
     batch = random_batch(cfg, B=2)
     pred = model(batch.returns_to_go, batch.states, batch.actions, batch.timesteps)
@@ -144,7 +146,9 @@ def test_token_mixer_and_head_are_validated_and_round_trip(tmp_path: Path):
     model = DecisionTransformer(cfg)
     box = gym.spaces.Box(-1, 1, (2,), np.float32)
     normalizer = Normalizer(np.zeros(3, np.float32), np.ones(3, np.float32), box.low, box.high)
-    spec = PolicySpec(cfg, 1.0, normalizer.to_dict(), space_to_dict(gym.spaces.Box(-5, 5, (3,), np.float32)), space_to_dict(box))
+    spec = PolicySpec(
+        cfg, 1.0, normalizer.to_dict(), space_to_dict(gym.spaces.Box(-5, 5, (3,), np.float32)), space_to_dict(box)
+    )
     write_policy(tmp_path, spec, model.state_dict())
     loaded = DecisionTransformerPolicy.load(tmp_path, device="cpu")
     assert loaded.spec.model == cfg
@@ -199,7 +203,9 @@ def stochastic_reach_policy() -> tuple[EpisodeDataset, Normalizer, PolicySpec, D
     data = reach_dataset(episodes=4)
     cfg = ModelConfig(observation_dim=1, action_dim=1, context_length=4, n_layer=1, n_embd=16, stochastic_policy=True)
     normalizer = Normalizer.from_dataset(data)
-    spec = PolicySpec(cfg, 10.0, normalizer.to_dict(), space_to_dict(data.observation_space), space_to_dict(data.action_space), REACH)
+    spec = PolicySpec(
+        cfg, 10.0, normalizer.to_dict(), space_to_dict(data.observation_space), space_to_dict(data.action_space), REACH
+    )
     return data, normalizer, spec, DecisionTransformer(cfg)
 
 
@@ -222,7 +228,9 @@ def test_policy_samples_the_gaussian_when_asked_and_rollouts_record_episodes():
     np.testing.assert_array_equal(first_actions(cached, 3), sampled)
     deterministic = ModelConfig(observation_dim=1, action_dim=1, context_length=4, n_layer=1, n_embd=16)
     with pytest.raises(DtrlError, match="deterministic action head"):
-        DecisionTransformerPolicy(DecisionTransformer(deterministic), PolicySpec(deterministic, *spec_fields(spec))).sample_actions()
+        DecisionTransformerPolicy(
+            DecisionTransformer(deterministic), PolicySpec(deterministic, *spec_fields(spec))
+        ).sample_actions()
 
     # rollout's record hook: whole episodes, the returns rollout counts, cut at the first end
     policy = DecisionTransformerPolicy(model, spec)
@@ -234,7 +242,9 @@ def test_policy_samples_the_gaussian_when_asked_and_rollouts_record_episodes():
     assert [len(e) for e in episodes] == lengths.tolist() == [6, 6, 6]
     np.testing.assert_allclose([e.total_return for e in episodes], returns, rtol=1e-6)
     assert all(e.truncations[-1] and not e.truncations[:-1].any() for e in episodes)
-    np.testing.assert_allclose(episodes[0].observations[:, 0], np.arange(6) / 10, rtol=1e-6)  # observed before each step
+    np.testing.assert_allclose(
+        episodes[0].observations[:, 0], np.arange(6) / 10, rtol=1e-6
+    )  # observed before each step
 
 
 def spec_fields(spec: PolicySpec) -> tuple:
@@ -264,29 +274,55 @@ def test_finetune_refuses_deterministic_checkpoints_and_wrong_envs(pendulum_path
     train(load_config(None, tiny_overrides(pendulum_path, run, steps=10)))
     proc = subprocess.run(
         [sys.executable, "-m", "dtrl", "finetune", str(run), "--steps", "10", "--out-dir", str(tmp_path / "ft")],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().count("\n") == 0 and "model.stochastic_policy=true" in proc.stderr
     stochastic = tmp_path / "odt"
     train(load_config(None, [*tiny_overrides(pendulum_path, stochastic, steps=10), "model.stochastic_policy=true"]))
     with pytest.raises(DtrlError, match="MountainCarContinuous-v0 gives observations of size 2"):
-        finetune(stochastic, FinetuneConfig(env="MountainCarContinuous-v0", steps=10, out_dir=str(tmp_path / "x")), reach_dataset(2))
+        finetune(
+            stochastic,
+            FinetuneConfig(env="MountainCarContinuous-v0", steps=10, out_dir=str(tmp_path / "x")),
+            reach_dataset(2),
+        )
 
 
 def test_tiny_finetuning_run_improves_the_return(tmp_path: Path):
     torch.manual_seed(0)
     data_path = reach_dataset().save(tmp_path / "reach.npz")
     overrides = [
-        f"dataset={data_path}", f"out_dir={tmp_path / 'pre'}", "steps=300", "batch_size=32", "model.n_layer=1",
-        "model.n_embd=16", "model.context_length=4", "model.dropout=0.0", "model.stochastic_policy=true",
-        "warmup_steps=10", "learning_rate=1e-3", "reward_scale=10", "eval_episodes=1", "num_threads=1",
-        "checkpoint_every=300", "log_every=100",
+        f"dataset={data_path}",
+        f"out_dir={tmp_path / 'pre'}",
+        "steps=300",
+        "batch_size=32",
+        "model.n_layer=1",
+        "model.n_embd=16",
+        "model.context_length=4",
+        "model.dropout=0.0",
+        "model.stochastic_policy=true",
+        "warmup_steps=10",
+        "learning_rate=1e-3",
+        "reward_scale=10",
+        "eval_episodes=1",
+        "num_threads=1",
+        "checkpoint_every=300",
+        "log_every=100",
     ]
     pre = train(load_config(None, overrides))
     config = FinetuneConfig(
-        steps=400, eval_target=9.0, out_dir=str(tmp_path / "online"), rollouts_per_iteration=4, updates_per_iteration=30,
-        batch_size=32, learning_rate=1e-3, buffer_size=100, eval_episodes=2, device="cpu",
+        steps=400,
+        eval_target=9.0,
+        out_dir=str(tmp_path / "online"),
+        rollouts_per_iteration=4,
+        updates_per_iteration=30,
+        batch_size=32,
+        learning_rate=1e-3,
+        buffer_size=100,
+        eval_episodes=2,
+        device="cpu",
     )
     result = finetune(pre.checkpoint, config, reach_dataset())
     assert result.env_steps == 400 and result.updates == 300
@@ -297,7 +333,9 @@ def test_tiny_finetuning_run_improves_the_return(tmp_path: Path):
     assert spec.model.stochastic_policy and (tmp_path / "online" / "finetune.json").is_file()
 
 
-def test_eval_sample_actions_samples_a_stochastic_head_and_leaves_a_deterministic_one(pendulum_path: Path, tmp_path: Path):
+def test_eval_sample_actions_samples_a_stochastic_head_and_leaves_a_deterministic_one(
+    pendulum_path: Path, tmp_path: Path
+):
     def eval_returns(name: str, *extra: str) -> list[float]:
         train(load_config(None, [*tiny_overrides(pendulum_path, tmp_path / name, steps=10), *extra]))
         (result,) = json.loads((tmp_path / name / "eval.json").read_text())
@@ -308,11 +346,19 @@ def test_eval_sample_actions_samples_a_stochastic_head_and_leaves_a_deterministi
     assert eval_returns("dt", "eval_sample_actions=false") == eval_returns("dt-sampled", "eval_sample_actions=true")
 
 
-def test_finetune_defaults_work_for_negative_returns(pendulum_path: Path, pendulum_dataset: EpisodeDataset, tmp_path: Path):
+def test_finetune_defaults_work_for_negative_returns(
+    pendulum_path: Path, pendulum_dataset: EpisodeDataset, tmp_path: Path
+):
     stochastic = tmp_path / "odt"
     train(load_config(None, [*tiny_overrides(pendulum_path, stochastic, steps=10), "model.stochastic_policy=true"]))
-    config = FinetuneConfig(steps=200, out_dir=str(tmp_path / "online"), updates_per_iteration=2, batch_size=8,
-                            eval_episodes=1, device="cpu")
+    config = FinetuneConfig(
+        steps=200,
+        out_dir=str(tmp_path / "online"),
+        updates_per_iteration=2,
+        batch_size=8,
+        eval_episodes=1,
+        device="cpu",
+    )
     result = finetune(stochastic, config, pendulum_dataset)
     best = float(pendulum_dataset.episode_returns.max())
     assert best < 0 and result.offline[0].target_return == result.online[0].target_return == best

@@ -22,8 +22,8 @@ import pytest
 
 pytest.importorskip("stable_baselines3")
 
-from dtrl.collect.d4rl import D4RL_KINDS, collect_d4rl  # noqa: E402
-from dtrl.data.episodes import EpisodeDataset  # noqa: E402
+from dtrl.collect.d4rl import D4RL_KINDS, collect_d4rl
+from dtrl.data.episodes import EpisodeDataset
 
 ENV = "InvertedPendulum-v5"
 SETTINGS = dict(transitions=1000, agent_steps=8192, max_episode_steps=50, snapshots=4, eval_episodes=5, ref_episodes=10)
@@ -57,8 +57,12 @@ def kill_when(proc: subprocess.Popen, ready, timeout: float = 240.0) -> str:
 
 def test_collection_resumes_after_sigkill(tmp_path: Path) -> None:
     cache = tmp_path / "cache"
-    agent_snapshots = lambda: list(cache.glob("**/snap_*.zip"))  # noqa: E731
-    datasets = lambda: list(cache.glob("invertedpendulum-*.npz"))  # noqa: E731
+
+    def agent_snapshots() -> list[Path]:
+        return list(cache.glob("**/snap_*.zip"))
+
+    def datasets() -> list[Path]:
+        return list(cache.glob("invertedpendulum-*.npz"))
 
     kill_when(start(cache), lambda: len(agent_snapshots()) >= 2)
     steps = sorted(int(p.stem.split("_")[1]) for p in agent_snapshots())
@@ -86,4 +90,3 @@ def test_collection_resumes_after_sigkill(tmp_path: Path) -> None:
     a, b = EpisodeDataset.load(fresh), EpisodeDataset.load(cache / "invertedpendulum-random.npz")
     for key in ("observations", "actions", "rewards", "terminations", "truncations"):
         np.testing.assert_array_equal(getattr(a, key), getattr(b, key), err_msg=key)
-

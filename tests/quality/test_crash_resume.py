@@ -20,8 +20,9 @@ import random
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 STEPS, EVERY, WRITES_PER_CHECKPOINT = 100, 10, 15
 # Each checkpoint makes at least 15 write events: three files (config, weights, train
@@ -105,7 +106,7 @@ def _install_kill_point(kind: str, n: int, log: Path) -> None:
         event("step", "a training step starts")
         return real_sample(self, batch_size)
 
-    SegmentSampler.sample = sample  # type: ignore[method-assign]
+    SegmentSampler.sample = sample  # type: ignore[method-assign]  # the child process's probe, on purpose
 
 
 if __name__ == "__main__":  # the child: python test_crash_resume.py KIND N LOG dtrl-arguments...
@@ -117,16 +118,17 @@ if __name__ == "__main__":  # the child: python test_crash_resume.py KIND N LOG 
 
 
 # ----------------------------------------------------------------------------- the test
-import pytest  # noqa: E402  (the child above needs none of this)
-import torch  # noqa: E402
+import pytest
+import torch
 
-from dtrl.runfiles import CHECKPOINT_DIR  # noqa: E402
-from dtrl.checkpoint import latest_checkpoint, load_policy_files, load_train_state  # noqa: E402
-from dtrl.config import load_config  # noqa: E402
-from dtrl.runfiles import METRICS_FILE  # noqa: E402
-from dtrl.train import train  # noqa: E402
-
-from conftest import tiny_overrides  # noqa: E402
+from conftest import tiny_overrides
+from dtrl.checkpoint import latest_checkpoint, load_policy_files, load_train_state
+from dtrl.config import load_config
+from dtrl.runfiles import (
+    CHECKPOINT_DIR,
+    METRICS_FILE,
+)
+from dtrl.train import train
 
 
 def _weights(checkpoint: Path) -> dict[str, torch.Tensor]:
@@ -149,9 +151,18 @@ def _resumable_step(run_dir: Path) -> int:
 
 @pytest.mark.slow
 def test_killed_runs_resume_to_the_uninterrupted_result(pendulum_path: Path, tmp_path: Path) -> None:
-    overrides = tiny_overrides(pendulum_path, tmp_path / "crashed", steps=STEPS) + [f"checkpoint_every={EVERY}", "keep_checkpoints=2"]
+    overrides = tiny_overrides(pendulum_path, tmp_path / "crashed", steps=STEPS) + [
+        f"checkpoint_every={EVERY}",
+        "keep_checkpoints=2",
+    ]
     reference_dir = tmp_path / "reference"
-    reference = train(load_config(None, tiny_overrides(pendulum_path, reference_dir, steps=STEPS) + [f"checkpoint_every={EVERY}", "keep_checkpoints=100"]))
+    reference = train(
+        load_config(
+            None,
+            tiny_overrides(pendulum_path, reference_dir, steps=STEPS)
+            + [f"checkpoint_every={EVERY}", "keep_checkpoints=100"],
+        )
+    )
     by_step = {int(p.name.split("_")[1]): p for p in (reference_dir / CHECKPOINT_DIR).glob("step_*")}
 
     run_dir, log = tmp_path / "crashed", tmp_path / "kills.log"
@@ -168,7 +179,9 @@ def test_killed_runs_resume_to_the_uninterrupted_result(pendulum_path: Path, tmp
     trials = []
     for i, (kind, n) in enumerate(plan):
         args = [sys.executable, __file__, kind, str(n), str(log), "train", *overrides] + (["--resume"] if i else [])
-        proc = subprocess.run(args, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        proc = subprocess.run(
+            args, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"}
+        )
         assert proc.returncode == -signal.SIGKILL, f"kill {kind} #{n} did not happen:\n{proc.stderr[-3000:]}"
         # whatever a resume could load is exactly the uninterrupted run's checkpoint of that step
         latest = latest_checkpoint(run_dir)
@@ -180,7 +193,10 @@ def test_killed_runs_resume_to_the_uninterrupted_result(pendulum_path: Path, tmp
 
     final = subprocess.run(
         [sys.executable, "-m", "dtrl", "train", *overrides, "--resume"],
-        capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert final.returncode == 0, final.stderr[-3000:]
     print(json.dumps(trials, indent=1))
@@ -196,4 +212,6 @@ def test_killed_runs_resume_to_the_uninterrupted_result(pendulum_path: Path, tmp
     assert _curve(run_dir) == _curve(reference_dir), "the logged loss curve differs from the uninterrupted run"
     # nothing torn is left: no temp files or directories, every checkpoint complete
     assert not [p for p in run_dir.rglob(".*") if "tmp" in p.name]
-    assert all(_equal(_weights(p), _weights(by_step[int(p.name[5:])])) for p in (run_dir / CHECKPOINT_DIR).glob("step_*"))
+    assert all(
+        _equal(_weights(p), _weights(by_step[int(p.name[5:])])) for p in (run_dir / CHECKPOINT_DIR).glob("step_*")
+    )

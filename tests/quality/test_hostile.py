@@ -16,23 +16,14 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import yaml
+from test_reliability import assert_cli_error, cli, copy_run, one_line_error, run
 
+from conftest import pendulum_spec, tiny_overrides
 from dtrl.checkpoint import latest_checkpoint
 from dtrl.config import ModelConfig, load_config
 from dtrl.data import Episode, EpisodeDataset
 from dtrl.models import build_model
 from dtrl.policy import DecisionTransformerPolicy
-
-from conftest import pendulum_spec, tiny_overrides
-from test_reliability import assert_cli_error, cli, copy_run, one_line_error, run
-
-
-@pytest.fixture(scope="module")
-def run20(pendulum_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A finished 20-step run with checkpoints at steps 10 and 20; copy it before changing it."""
-    out = tmp_path_factory.mktemp("hostile") / "run"
-    run(pendulum_path, out, "steps=20", "checkpoint_every=10", "eval_episodes=1")
-    return out
 
 
 # --------------------------------------------------------------------------- configs and the command line
@@ -41,18 +32,24 @@ def test_negative_seeds(capsys: pytest.CaptureFixture[str], run20: Path, pendulu
         load_config(None, ["seed=-1"])
     assert_cli_error(cli(capsys, "eval", run20, "-r", "1", "--seed", "-1"), "'--seed'", "greater than or equal to 0")
     assert_cli_error(cli(capsys, "calibrate", run20, "--seed", "-1"), "'--seed'")
-    assert_cli_error(cli(capsys, "train", *tiny_overrides(pendulum_path, tmp_path / "s"), "--seeds", "-1,0"),
-                     "seed -1 is out of range: seeds are integers in [0, 4,294,967,295]")
+    assert_cli_error(
+        cli(capsys, "train", *tiny_overrides(pendulum_path, tmp_path / "s"), "--seeds", "-1,0"),
+        "seed -1 is out of range: seeds are integers in [0, 4,294,967,295]",
+    )
     assert not (tmp_path / "s").exists()
 
 
 def test_unknown_device(capsys: pytest.CaptureFixture[str], run20: Path) -> None:
     with one_line_error(r"^device='gpu' must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'$"):
         load_config(None, ["device=gpu"])
-    assert_cli_error(cli(capsys, "eval", run20, "-r", "1", "--device", "gpu"), "device 'gpu' is not a device: choose 'auto', 'cpu'")
+    assert_cli_error(
+        cli(capsys, "eval", run20, "-r", "1", "--device", "gpu"), "device 'gpu' is not a device: choose 'auto', 'cpu'"
+    )
 
 
-def test_a_model_too_large_for_memory_stops_before_training(capsys: pytest.CaptureFixture[str], pendulum_path: Path, tmp_path: Path) -> None:
+def test_a_model_too_large_for_memory_stops_before_training(
+    capsys: pytest.CaptureFixture[str], pendulum_path: Path, tmp_path: Path
+) -> None:
     out = tmp_path / "big"
     result = cli(capsys, "train", *tiny_overrides(pendulum_path, out), "model.context_length=100000", "model.n_embd=64")
     assert_cli_error(result, "model.context_length=100000", "GiB", "lower the context length")
@@ -72,23 +69,33 @@ def test_config_path_that_is_a_directory_or_a_pipe(pendulum_path: Path, tmp_path
 
 
 def test_dtrl_data_dir_is_dtrls_own_variable_not_an_override(pendulum_path: Path, tmp_path: Path) -> None:
-    config = load_config(None, tiny_overrides(pendulum_path, tmp_path / "run"), environ={"DTRL_DATA_DIR": str(tmp_path)})
+    config = load_config(
+        None, tiny_overrides(pendulum_path, tmp_path / "run"), environ={"DTRL_DATA_DIR": str(tmp_path)}
+    )
     assert config.steps == 40
     with one_line_error(r"environment variable DTRL_DATA_DIRS: unknown config key 'data_dirs'"):
         load_config(None, [], environ={"DTRL_DATA_DIRS": "x"})
 
 
 def test_misspelt_option_is_named_with_the_closest(capsys: pytest.CaptureFixture[str], run20: Path) -> None:
-    assert_cli_error(cli(capsys, "eval", run20, "-r", "1", "--episdoes", "3"),
-                     "no such option '--episdoes' for dtrl eval (did you mean --episodes?)")
+    assert_cli_error(
+        cli(capsys, "eval", run20, "-r", "1", "--episdoes", "3"),
+        "no such option '--episdoes' for dtrl eval (did you mean --episodes?)",
+    )
     assert_cli_error(cli(capsys, "calibrate", run20, "--episdoes", "3"), "No such option: --episdoes", "--episodes")
 
 
 @pytest.mark.parametrize("value", ["nan", "inf"])
 def test_non_finite_target_returns(capsys: pytest.CaptureFixture[str], run20: Path, value: str) -> None:
-    assert_cli_error(cli(capsys, "eval", run20, "-r", value), f"--target-return {float(value)}: target returns must be finite numbers")
+    assert_cli_error(
+        cli(capsys, "eval", run20, "-r", value),
+        f"--target-return {float(value)}: target returns must be finite numbers",
+    )
     assert_cli_error(cli(capsys, "eval", run20, "-r", "1", value), "target returns must be finite numbers")
-    assert_cli_error(cli(capsys, "finetune", run20, "--target-return", value), f"target-return={float(value)} must be a finite number")
+    assert_cli_error(
+        cli(capsys, "finetune", run20, "--target-return", value),
+        f"target-return={float(value)} must be a finite number",
+    )
 
 
 # --------------------------------------------------------------------------- resume
@@ -102,14 +109,21 @@ def test_resume_applies_more_steps_and_refuses_what_would_change_the_learning(
     out = copy_run(run20, tmp_path)
     saved = (out / "config.yaml").read_bytes()
     base = tiny_overrides(run20_data(out), out, steps=20) + ["checkpoint_every=10", "eval_episodes=1"]
-    assert_cli_error(cli(capsys, "train", "--resume", *base, "learning_rate=0.5"),
-                     "cannot resume", "learning_rate (0.001 -> 0.5)", "would change what the run learns")
+    assert_cli_error(
+        cli(capsys, "train", "--resume", *base, "learning_rate=0.5"),
+        "cannot resume",
+        "learning_rate (0.001 -> 0.5)",
+        "would change what the run learns",
+    )
     assert (out / "config.yaml").read_bytes() == saved
     grown = tmp_path / "grown.yaml"  # a YAML whose steps grew is applied
     grown.write_text(yaml.safe_dump({**yaml.safe_load(saved), "out_dir": str(out), "steps": 30}))
     code, _, err = cli(capsys, "train", "--resume", "-c", grown)
     assert code == 0, err
-    assert latest_checkpoint(out).name == "step_00000030" and yaml.safe_load((out / "config.yaml").read_text())["steps"] == 30
+    assert (
+        latest_checkpoint(out).name == "step_00000030"
+        and yaml.safe_load((out / "config.yaml").read_text())["steps"] == 30
+    )
 
 
 # --------------------------------------------------------------------------- the Python API
@@ -123,7 +137,9 @@ def test_act_checks_the_observation_shape(policy: DecisionTransformerPolicy) -> 
     with one_line_error(r"got an observation of shape \(1,\), but the policy expects 3 numbers"):
         policy.act(np.zeros(1))
     policy.reset([-100.0, -200.0])
-    with one_line_error(r"got an observation of shape \(2, 2\), but the policy expects 3 numbers for each of 2 environments"):
+    with one_line_error(
+        r"got an observation of shape \(2, 2\), but the policy expects 3 numbers for each of 2 environments"
+    ):
         policy.act(np.zeros((2, 2)))
     assert policy.act(np.zeros((2, 3))).shape == (2, 1)
 
@@ -138,7 +154,9 @@ def test_nan_inputs_are_refused_not_turned_into_nan_actions(policy: DecisionTran
     policy.reset(-100.0)
     policy.act(obs)
     with one_line_error(r"holds NaN or Inf|reward must be finite"):
-        policy.act(np.array([0.0, math.nan, 0.0]) if where == "observation" else obs, math.nan if where == "reward" else 0.0)
+        policy.act(
+            np.array([0.0, math.nan, 0.0]) if where == "observation" else obs, math.nan if where == "reward" else 0.0
+        )
 
 
 # --------------------------------------------------------------------------- degenerate data
@@ -149,8 +167,15 @@ def _episodes(count: int, n: int = 30, seed: int = 0, discrete: int | None = Non
         ends = np.zeros(n, bool)
         ends[-1] = True
         actions = rng.integers(0, discrete, n) if discrete else rng.uniform(-2, 2, (n, 2)).astype(np.float32)
-        out.append(Episode(rng.normal(size=(n, 3)).astype(np.float32), actions, rng.normal(size=n).astype(np.float32),
-                           ends, np.zeros(n, bool)))
+        out.append(
+            Episode(
+                rng.normal(size=(n, 3)).astype(np.float32),
+                actions,
+                rng.normal(size=n).astype(np.float32),
+                ends,
+                np.zeros(n, bool),
+            )
+        )
     return out
 
 
@@ -176,7 +201,9 @@ def test_a_constant_state_dimension_and_a_single_episode_train(tmp_path: Path) -
 
 
 def test_discrete_actions_outside_the_space_are_refused_at_load(tmp_path: Path) -> None:
-    with one_line_error(r"action 4 \(at transition \d+\) lies outside the action space Discrete\(3\) \(actions 0 to 2\)"):
+    with one_line_error(
+        r"action 4 \(at transition \d+\) lies outside the action space Discrete\(3\) \(actions 0 to 2\)"
+    ):
         EpisodeDataset.from_episodes(_episodes(3, discrete=5), action_space=gym.spaces.Discrete(3), name="d")
 
 
@@ -187,12 +214,20 @@ def test_export_of_weights_from_another_shape(capsys: pytest.CaptureFixture[str]
     other = build_model(ModelConfig(observation_dim=3, action_dim=1, context_length=5, n_layer=2, n_head=2, n_embd=32))
     ckpt = out / "checkpoints" / "step_00000020"
     save_file({k: v.contiguous() for k, v in other.state_dict().items()}, ckpt / "model.safetensors")
-    assert_cli_error(cli(capsys, "export", out, "--out", tmp_path / "x"), "do not match its config.json", "another model shape")
+    assert_cli_error(
+        cli(capsys, "export", out, "--out", tmp_path / "x"), "do not match its config.json", "another model shape"
+    )
 
 
 def test_python_m_dtrl_reports_a_misspelt_option_in_one_line(run20: Path) -> None:
     """The real command (a subprocess), as a user types it."""
-    proc = subprocess.run([sys.executable, "-m", "dtrl", "eval", str(run20), "-r", "1", "--episdoes", "2"],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "dtrl", "eval", str(run20), "-r", "1", "--episdoes", "2"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert proc.stderr.strip().splitlines() == ["error: no such option '--episdoes' for dtrl eval (did you mean --episodes?)"]
+    assert proc.stderr.strip().splitlines() == [
+        "error: no such option '--episdoes' for dtrl eval (did you mean --episodes?)"
+    ]

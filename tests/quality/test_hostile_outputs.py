@@ -8,24 +8,30 @@ import json
 from pathlib import Path
 
 import pytest
+from test_reliability import assert_cli_error, cli, copy_run
 
 from dtrl.errors import DtrlError
 from dtrl.plot import plot_runs
 
-from test_hostile import run20  # noqa: F401 (the module-scoped run fixture)
-from test_reliability import assert_cli_error, cli, copy_run
-
 
 def tree(directory: Path) -> dict[str, str]:
-    return {str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(directory.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(directory.rglob("*"))
+        if p.is_file()
+    }
 
 
-def test_export_refuses_a_checkpoint_and_a_run_directory(capsys: pytest.CaptureFixture[str], run20: Path, tmp_path: Path) -> None:
+def test_export_refuses_a_checkpoint_and_a_run_directory(
+    capsys: pytest.CaptureFixture[str], run20: Path, tmp_path: Path
+) -> None:
     out = copy_run(run20, tmp_path)
     before = tree(out)
-    assert_cli_error(cli(capsys, "export", out / "checkpoints" / "step_00000010", "--out", out / "checkpoints" / "step_00000020"),
-                     "is a training checkpoint", "--force")
+    assert_cli_error(
+        cli(capsys, "export", out / "checkpoints" / "step_00000010", "--out", out / "checkpoints" / "step_00000020"),
+        "is a training checkpoint",
+        "--force",
+    )
     assert_cli_error(cli(capsys, "export", out, "--out", out), "is a run directory", "--force")
     assert tree(out) == before
     (tmp_path / "notes").mkdir()
@@ -33,7 +39,9 @@ def test_export_refuses_a_checkpoint_and_a_run_directory(capsys: pytest.CaptureF
     assert_cli_error(cli(capsys, "export", out, "--out", tmp_path / "notes"), "files that dtrl export did not write")
     code, _, err = cli(capsys, "export", out, "--out", tmp_path / "shared")
     assert code == 0, err
-    code, _, err = cli(capsys, "export", out, "--format", "torchscript", "--out", tmp_path / "shared")  # an earlier export
+    code, _, err = cli(
+        capsys, "export", out, "--format", "torchscript", "--out", tmp_path / "shared"
+    )  # an earlier export
     assert code == 0 and (tmp_path / "shared" / "policy.torchscript.pt").is_file(), err
     assert not list(tmp_path.glob(".shared*"))  # staged: nothing left behind
 
@@ -46,27 +54,39 @@ def test_output_paths_that_are_directories_or_under_a_file(
     a_file.write_text("keep")
     option = {"eval": "--output", "calibrate": "--output", "plot": "--out", "export": "--out"}[command]
     extra = ["-r", "1"] if command == "eval" else []
-    assert_cli_error(cli(capsys, command, run20, *extra, option, a_file / "x"), "lies under the file", "not a directory")
+    assert_cli_error(
+        cli(capsys, command, run20, *extra, option, a_file / "x"), "lies under the file", "not a directory"
+    )
     if command in ("eval", "calibrate"):
-        assert_cli_error(cli(capsys, command, run20, *extra, option, tmp_path), "is an existing directory: give a file path")
+        assert_cli_error(
+            cli(capsys, command, run20, *extra, option, tmp_path), "is an existing directory: give a file path"
+        )
     else:
         assert_cli_error(cli(capsys, command, run20, *extra, option, a_file), "is a file, not a directory")
     assert a_file.read_text() == "keep"
 
 
-def test_eval_output_at_a_runs_top_level_needs_force(capsys: pytest.CaptureFixture[str], run20: Path, tmp_path: Path) -> None:
+def test_eval_output_at_a_runs_top_level_needs_force(
+    capsys: pytest.CaptureFixture[str], run20: Path, tmp_path: Path
+) -> None:
     out = copy_run(run20, tmp_path)
     before = (out / "eval.json").read_bytes()
-    assert_cli_error(cli(capsys, "eval", out, "-r", "-200", "-n", "1", "-o", out / "eval.json"), "top level of the run", "--force")
+    assert_cli_error(
+        cli(capsys, "eval", out, "-r", "-200", "-n", "1", "-o", out / "eval.json"), "top level of the run", "--force"
+    )
     assert (out / "eval.json").read_bytes() == before
     code, _, err = cli(capsys, "eval", out, "-r", "-200", "-n", "1", "-o", out / "eval.json", "--force")
     assert code == 0 and json.loads((out / "eval.json").read_text())[0]["target_return"] == -200.0, err
 
 
-def test_dataset_commands_never_overwrite_their_source_or_a_dataset(capsys: pytest.CaptureFixture[str], pendulum_path: Path, tmp_path: Path) -> None:
+def test_dataset_commands_never_overwrite_their_source_or_a_dataset(
+    capsys: pytest.CaptureFixture[str], pendulum_path: Path, tmp_path: Path
+) -> None:
     source = tmp_path / "x.npz"
     source.write_bytes(pendulum_path.read_bytes())
-    assert_cli_error(cli(capsys, "data", "export", source, "--format", "d4rl", "--out", source), "is the input being read")
+    assert_cli_error(
+        cli(capsys, "data", "export", source, "--format", "d4rl", "--out", source), "is the input being read"
+    )
     existing = tmp_path / "y.npz"
     existing.write_bytes(b"someone's data")
     assert_cli_error(cli(capsys, "data", "convert", source, existing), "already exists", "--force")
@@ -75,7 +95,9 @@ def test_dataset_commands_never_overwrite_their_source_or_a_dataset(capsys: pyte
     assert code == 0 and existing.read_bytes() != b"someone's data", err
 
 
-def test_quickstart_refuses_another_runs_directory(capsys: pytest.CaptureFixture[str], run20: Path, tmp_path: Path) -> None:
+def test_quickstart_refuses_another_runs_directory(
+    capsys: pytest.CaptureFixture[str], run20: Path, tmp_path: Path
+) -> None:
     out = copy_run(run20, tmp_path)
     before = tree(out)
     assert_cli_error(cli(capsys, "quickstart", "--out-dir", out), "holds another run", "choose another --out-dir")
@@ -94,10 +116,14 @@ def test_corrupt_run_files_are_one_line(capsys: pytest.CaptureFixture[str], run2
     assert_cli_error(cli(capsys, "plot", out, "--out", tmp_path / "p"), "calibration.json is not a calibration report")
     (out / "calibration.json").unlink()
     (out / "eval.json").write_text("[{")
-    assert_cli_error(cli(capsys, "export", out, "--out", tmp_path / "e"), "eval.json is corrupt or truncated", "delete it")
+    assert_cli_error(
+        cli(capsys, "export", out, "--out", tmp_path / "e"), "eval.json is corrupt or truncated", "delete it"
+    )
 
 
-def test_metrics_half_written_last_line_is_skipped_a_corrupt_one_is_not(run20: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_metrics_half_written_last_line_is_skipped_a_corrupt_one_is_not(
+    run20: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     out = copy_run(run20, tmp_path)
     metrics = out / "metrics.jsonl"
     lines = metrics.read_text().splitlines()

@@ -12,9 +12,9 @@ import torch
 from conftest import pendulum_spec
 from dtrl.checkpoint import PolicySpec
 from dtrl.config import ModelConfig, TrainConfig
-from dtrl.data.spaces import space_to_dict
 from dtrl.data.normalizer import Normalizer
 from dtrl.data.sampler import SegmentSampler
+from dtrl.data.spaces import space_to_dict
 from dtrl.models import DecisionTransformer
 from dtrl.policy import DecisionTransformerPolicy
 from dtrl.train.step import CompiledForward, build_optimizer, train_step
@@ -99,8 +99,14 @@ def test_context_length_one_kv_cache_equals_the_window_policy(tiny_model_config:
 def test_discrete_actions_decode_the_same_with_the_cache(tiny_model_config: ModelConfig):
     cfg = dataclasses.replace(tiny_model_config, n_layer=1, observation_dim=4, action_dim=2, discrete=True)
     env = gym.make("CartPole-v1")
-    spec = PolicySpec(cfg, 1.0, Normalizer(np.zeros(4, np.float32), np.ones(4, np.float32)).to_dict(),
-                      space_to_dict(env.observation_space), space_to_dict(env.action_space), "CartPole-v1")
+    spec = PolicySpec(
+        cfg,
+        1.0,
+        Normalizer(np.zeros(4, np.float32), np.ones(4, np.float32)).to_dict(),
+        space_to_dict(env.observation_space),
+        space_to_dict(env.action_space),
+        "CartPole-v1",
+    )
     torch.manual_seed(0)
     model = DecisionTransformer(cfg)
     rng = np.random.default_rng(4)
@@ -116,9 +122,10 @@ def test_models_without_a_cache_fall_back_to_full_recompute(tiny_model_config: M
     np.testing.assert_array_equal(_rollout(cached, obs, rewards), _rollout(window, obs, rewards))
 
 
-
 # ---------------------------------------------------------------------------------------- training
-def _train_steps(dataset, cfg: ModelConfig, steps: int = 25, fused: bool = False, **config) -> tuple[list[float], DecisionTransformer]:
+def _train_steps(
+    dataset, cfg: ModelConfig, steps: int = 25, fused: bool = False, **config
+) -> tuple[list[float], DecisionTransformer]:
     """``steps`` gradient steps of the paper's recipe; ``fused=False`` is the original optimizer loop."""
     train_cfg = TrainConfig(batch_size=16, learning_rate=1e-3, warmup_steps=5, **config)
     torch.manual_seed(0)
@@ -129,7 +136,9 @@ def _train_steps(dataset, cfg: ModelConfig, steps: int = 25, fused: bool = False
     forward = CompiledForward(model, torch.device("cpu")) if train_cfg.compile else model
     losses = []
     for _ in range(steps):
-        losses.append(train_step(model, optimizer, scheduler, sampler.sample(train_cfg.batch_size), train_cfg, forward)[0])
+        losses.append(
+            train_step(model, optimizer, scheduler, sampler.sample(train_cfg.batch_size), train_cfg, forward)[0]
+        )
     return losses, model
 
 

@@ -16,9 +16,11 @@ import gymnasium as gym
 import h5py
 import numpy as np
 import torch
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from dtrl.data import EpisodeDataset, open_dataset as load_dataset, read_d4rl
+from dtrl.data import EpisodeDataset, read_d4rl
+from dtrl.data import open_dataset as load_dataset
 from dtrl.data.normalizer import Normalizer
 from dtrl.data.sampler import SegmentSampler
 from dtrl.data.store import open_store, write_store
@@ -111,7 +113,9 @@ def assert_same(a: EpisodeDataset, b: EpisodeDataset) -> None:
     discrete=st.booleans(),
     compress=st.booleans(),
 )
-def test_native_and_store_round_trips(lengths: list[int], seed: int, obs_dim: int, discrete: bool, compress: bool) -> None:
+def test_native_and_store_round_trips(
+    lengths: list[int], seed: int, obs_dim: int, discrete: bool, compress: bool
+) -> None:
     ds = make_dataset(lengths, seed, obs_dim, discrete)
     ds.env_id, ds.ref_scores = "Pendulum-v1", {"random": -1.0, "expert": 2.5}
     with tempfile.TemporaryDirectory() as tmp:
@@ -122,7 +126,12 @@ def test_native_and_store_round_trips(lengths: list[int], seed: int, obs_dim: in
 
 
 @PROPERTY_SETTINGS
-@given(lengths=lengths_st, seed=st.integers(0, 2**16), with_timeouts=st.booleans(), dtype=st.sampled_from([np.float32, np.float64]))
+@given(
+    lengths=lengths_st,
+    seed=st.integers(0, 2**16),
+    with_timeouts=st.booleans(),
+    dtype=st.sampled_from([np.float32, np.float64]),
+)
 def test_d4rl_round_trip(lengths: list[int], seed: int, with_timeouts: bool, dtype: type) -> None:
     """Episodes written in D4RL's flat layout come back as the same episodes; without a
     ``timeouts`` key (old files) time-limit ends read as terminations, and a last episode
@@ -151,4 +160,3 @@ def test_d4rl_round_trip(lengths: list[int], seed: int, with_timeouts: bool, dty
         else:
             assert np.array_equal(mine.terminations, theirs.terminations | theirs.truncations)
             assert not mine.truncations.any()
-

@@ -16,9 +16,10 @@ import os
 import shutil
 import sys
 import tracemalloc
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import h5py
 import numpy as np
@@ -26,17 +27,16 @@ import pytest
 import torch
 
 import dtrl.train.step as train_module
-from dtrl.runfiles import CHECKPOINT_DIR, LATEST_FILE, TRAIN_STATE_FILE
+from conftest import tiny_overrides
 from dtrl.checkpoint import latest_checkpoint, load_policy_files
 from dtrl.config import load_config
-from dtrl.data import Episode, EpisodeDataset, open_dataset as load_dataset
-from dtrl.io import append_line
+from dtrl.data import Episode, EpisodeDataset
+from dtrl.data import open_dataset as load_dataset
 from dtrl.data.sampler import SegmentSampler
 from dtrl.errors import DiskError, DtrlError
-from dtrl.runfiles import METRICS_FILE
+from dtrl.io import append_line
+from dtrl.runfiles import CHECKPOINT_DIR, LATEST_FILE, METRICS_FILE, TRAIN_STATE_FILE
 from dtrl.train import TrainResult, train
-
-from conftest import tiny_overrides
 
 ENOSPC = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
@@ -193,7 +193,10 @@ def test_truncated_and_foreign_npz(tmp_path: Path) -> None:
 
 def test_invalid_episode_boundaries() -> None:
     eps = episodes([5, 5])
-    cat = {k: np.concatenate([getattr(e, k) for e in eps]) for k in ("observations", "actions", "rewards", "terminations", "truncations")}
+    cat = {
+        k: np.concatenate([getattr(e, k) for e in eps])
+        for k in ("observations", "actions", "rewards", "terminations", "truncations")
+    }
     with one_line_error(r"invalid episode boundaries: offsets must rise from 0 to 10 with no empty episode"):
         EpisodeDataset.from_arrays(**cat, episode_starts=np.array([0, 5, 5, 10]))
 
@@ -246,9 +249,13 @@ def test_cuda_requested_without_cuda(pendulum_path: Path, tmp_path: Path) -> Non
 # --------------------------------------------------------------------------- bad command lines
 def test_bad_command_lines(capsys: pytest.CaptureFixture[str], run20: Path) -> None:
     assert_cli_error(cli(capsys, "trian"), "No such command 'trian'. Did you mean 'train'?", "--help")
-    assert_cli_error(cli(capsys, "eval", run20, "--episodes", "0", "-r", "1"), "'--episodes'", "greater than or equal to 1")
+    assert_cli_error(
+        cli(capsys, "eval", run20, "--episodes", "0", "-r", "1"), "'--episodes'", "greater than or equal to 1"
+    )
     assert_cli_error(cli(capsys, "eval"), "Missing argument 'checkpoint'", "eval --help")
-    assert_cli_error(cli(capsys, "eval", run20, "-r", "1", "lots"), "unexpected argument 'lots': target returns must be numbers")
+    assert_cli_error(
+        cli(capsys, "eval", run20, "-r", "1", "lots"), "unexpected argument 'lots': target returns must be numbers"
+    )
     assert_cli_error(cli(capsys, "eval", run20), "give at least one --target-return R")
     assert_cli_error(cli(capsys, "train", "steps"), "'steps' is not of the form key=value")
 
@@ -263,18 +270,24 @@ def test_truncated_train_state_on_resume(run20: Path, tmp_path: Path, pendulum_p
     out = copy_run(run20, tmp_path)
     state = latest_checkpoint(out) / TRAIN_STATE_FILE
     state.write_bytes(state.read_bytes()[:200])
-    with one_line_error(r"train_state\.pt is corrupt or truncated .*: delete step_00000020 to resume from the checkpoint before it"):
+    with one_line_error(
+        r"train_state\.pt is corrupt or truncated .*: delete step_00000020 to resume from the checkpoint before it"
+    ):
         run(pendulum_path, out, "steps=40", resume=True)
 
 
 def test_resume_with_another_dataset_shape(run20: Path, tmp_path: Path, pendulum_path: Path) -> None:
     out = copy_run(run20, tmp_path)
     other = EpisodeDataset.from_episodes(episodes([30, 30], obs_dim=5)).save(tmp_path / "five.npz")
-    with one_line_error(r"cannot resume .* with a different dataset \('.*pendulum.npz' -> '.*five.npz'\): that would change"):
+    with one_line_error(
+        r"cannot resume .* with a different dataset \('.*pendulum.npz' -> '.*five.npz'\): that would change"
+    ):
         run(pendulum_path, out, "steps=40", resume=True, dataset=str(other))
     saved = out / "config.yaml"  # the dataset file replaced in place by one of another shape
     saved.write_text(saved.read_text().replace(str(pendulum_path), str(other)))
-    with one_line_error(r"does not fit the model built from this config and dataset .*size mismatch.*: resume with the dataset"):
+    with one_line_error(
+        r"does not fit the model built from this config and dataset .*size mismatch.*: resume with the dataset"
+    ):
         run(other, out, "steps=40", resume=True)
 
 
@@ -282,7 +295,9 @@ def test_corrupt_policy_config_and_empty_run(capsys: pytest.CaptureFixture[str],
     out = copy_run(run20, tmp_path)
     config = latest_checkpoint(out) / "config.json"
     config.write_text(config.read_text()[:50])
-    assert_cli_error(cli(capsys, "eval", out, "-r", "1"), "config.json is not a valid dtrl policy config", "re-export it")
+    assert_cli_error(
+        cli(capsys, "eval", out, "-r", "1"), "config.json is not a valid dtrl policy config", "re-export it"
+    )
     (tmp_path / "empty").mkdir()
     assert_cli_error(cli(capsys, "eval", tmp_path / "empty", "-r", "1"), "holds no checkpoint", "train first")
 
@@ -325,20 +340,32 @@ def _inject_inf_gradient(monkeypatch: pytest.MonkeyPatch, at_call: int) -> None:
 @pytest.mark.parametrize(
     "inject, expected",
     [
-        (_inject_nan_batch, r"loss=nan, grad_norm=nan; batch: \d+ real steps, returns_to_go in \[.*\], states in \[.*\] with 1 NaN/Inf, actions in \[.*\]"),
-        (_inject_inf_gradient, r"loss=[\d.]+, grad_norm=(nan|inf); batch: \d+ real steps, returns_to_go in \[.*\], states in \[-?\d.*\], actions in \[.*\]"),
+        (
+            _inject_nan_batch,
+            r"loss=nan, grad_norm=nan; batch: \d+ real steps, returns_to_go in \[.*\], states in \[.*\] with 1 NaN/Inf, actions in \[.*\]",
+        ),
+        (
+            _inject_inf_gradient,
+            r"loss=[\d.]+, grad_norm=(nan|inf); batch: \d+ real steps, returns_to_go in \[.*\], states in \[-?\d.*\], actions in \[.*\]",
+        ),
     ],
     ids=["nan-in-data", "inf-gradient"],
 )
 def test_divergence_stops_with_step_and_batch_statistics(
-    run20: Path, tmp_path: Path, pendulum_path: Path, monkeypatch: pytest.MonkeyPatch,
-    inject: Callable[[pytest.MonkeyPatch, int], None], expected: str,
+    run20: Path,
+    tmp_path: Path,
+    pendulum_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    inject: Callable[[pytest.MonkeyPatch, int], None],
+    expected: str,
 ) -> None:
     out = copy_run(run20, tmp_path)
     good = latest_checkpoint(out)
     before = file_hashes(good)
     inject(monkeypatch, 5)
-    with one_line_error(rf"training diverged at step 25: {expected}; the last good checkpoint .*step_00000020 is intact: lower learning_rate"):
+    with one_line_error(
+        rf"training diverged at step 25: {expected}; the last good checkpoint .*step_00000020 is intact: lower learning_rate"
+    ):
         run(pendulum_path, out, "steps=40", resume=True)
     monkeypatch.undo()
     assert latest_checkpoint(out) == good and file_hashes(good) == before
@@ -404,7 +431,9 @@ def test_disk_full_while_logging_or_converting(
         raise ENOSPC
 
     monkeypatch.setattr(np, "savez", savez)
-    assert_cli_error(cli(capsys, "data", "convert", pendulum_path, target, "--force"), "converted.npz: No space left on device")
+    assert_cli_error(
+        cli(capsys, "data", "convert", pendulum_path, target, "--force"), "converted.npz: No space left on device"
+    )
     assert target.read_bytes() == b"the previous version" and leftovers(tmp_path) == []
 
 
@@ -417,11 +446,15 @@ def test_unwritable_output_directory(pendulum_path: Path, tmp_path: Path, monkey
         raise PermissionError(errno.EACCES, "Permission denied")
 
     monkeypatch.setattr("dtrl.io.tempfile.mkstemp", mkstemp)
-    with one_line_error(r"cannot write .*config\.yaml: Permission denied: choose a writable location or fix its permissions"):
+    with one_line_error(
+        r"cannot write .*config\.yaml: Permission denied: choose a writable location or fix its permissions"
+    ):
         run(pendulum_path, tmp_path / "run")
 
 
-@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="needs a non-root POSIX user (root writes anywhere)")
+@pytest.mark.skipif(
+    os.name != "posix" or os.geteuid() == 0, reason="needs a non-root POSIX user (root writes anywhere)"
+)
 def test_read_only_output_directory(capsys: pytest.CaptureFixture[str], pendulum_path: Path, tmp_path: Path) -> None:
     locked = tmp_path / "locked"
     locked.mkdir(mode=0o500)
@@ -448,7 +481,10 @@ def test_dataset_loading_memory_within_1_5x_the_arrays(tmp_path: Path) -> None:
     del arrays
     dataset = load_dataset(source)
     paths = [source, dataset.save(tmp_path / "plain.npz"), dataset.save(tmp_path / "packed.npz", compress=True)]
-    raw = sum(getattr(dataset, k).nbytes for k in ("observations", "actions", "rewards", "terminations", "truncations", "episode_starts"))
+    raw = sum(
+        getattr(dataset, k).nbytes
+        for k in ("observations", "actions", "rewards", "terminations", "truncations", "episode_starts")
+    )
     del dataset
     for path in paths:
         tracemalloc.start()
@@ -479,7 +515,10 @@ def test_same_seed_same_curve_and_eval_returns(pendulum_path: Path, tmp_path: Pa
 
     # what reproducing needs is on disk: the resolved config, and versions, commit and command
     saved = load_config(tmp_path / "a" / "config.yaml")
-    assert saved == load_config(None, tiny_overrides(pendulum_path, tmp_path / "a") + ["seed=3", "steps=30", "eval_every=20", "checkpoint_every=30"])
+    assert saved == load_config(
+        None,
+        tiny_overrides(pendulum_path, tmp_path / "a") + ["seed=3", "steps=30", "eval_every=20", "checkpoint_every=30"],
+    )
     info = json.loads((tmp_path / "a" / "run_info.json").read_text())
     assert {"dtrl", "python", "git_commit", "command"} <= set(info)
     assert {"torch", "numpy", "gymnasium"} <= {k for k, v in info["packages"].items() if v}

@@ -13,21 +13,20 @@ from pathlib import Path
 import pytest
 import torch
 
-from dtrl.runfiles import CHECKPOINT_DIR, LATEST_FILE
+from conftest import tiny_overrides
 from dtrl.checkpoint import load_policy_files, load_train_state
 from dtrl.config import TrainConfig, load_config
 from dtrl.data import EpisodeDataset
-from dtrl.data.sampler import Batch, SegmentSampler
 from dtrl.data.normalizer import Normalizer
+from dtrl.data.readers import open_dataset
+from dtrl.data.sampler import Batch, SegmentSampler
 from dtrl.distributed import from_env, rank_seed, resume_seed
 from dtrl.errors import DtrlError
 from dtrl.models import DecisionTransformer
-from dtrl.train.step import action_loss, build_optimizer
-from dtrl.train.run import model_config_for
+from dtrl.runfiles import CHECKPOINT_DIR, LATEST_FILE
 from dtrl.train import train
-from dtrl.data.readers import open_dataset
-
-from conftest import tiny_overrides
+from dtrl.train.run import model_config_for
+from dtrl.train.step import action_loss, build_optimizer
 
 STEPS = 20
 
@@ -116,7 +115,10 @@ def test_resuming_on_the_same_world_size_continues_exactly(ddp_run: Path, data: 
     shutil.rmtree(run / CHECKPOINT_DIR / f"step_{STEPS:08d}")
     (run / CHECKPOINT_DIR / LATEST_FILE).write_text("step_00000010")
     _torchrun("--resume", f"out_dir={run}", f"steps={STEPS}")
-    a, b = _weights(ddp_run / CHECKPOINT_DIR / f"step_{STEPS:08d}"), _weights(run / CHECKPOINT_DIR / f"step_{STEPS:08d}")
+    a, b = (
+        _weights(ddp_run / CHECKPOINT_DIR / f"step_{STEPS:08d}"),
+        _weights(run / CHECKPOINT_DIR / f"step_{STEPS:08d}"),
+    )
     assert all(torch.equal(a[k], b[k]) for k in a), "every rank's sampler stream must be restored"
 
 

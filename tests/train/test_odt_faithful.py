@@ -16,21 +16,21 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from test_variants import reach_dataset
 
 from conftest import tiny_overrides
 from dtrl.checkpoint import load_policy_files, load_train_state, write_policy
 from dtrl.config import FinetuneConfig, ModelConfig, TrainConfig, load_config
 from dtrl.errors import DtrlError
 from dtrl.export import WindowPolicy
-from dtrl.train.finetune import finetune
 from dtrl.models import DecisionTransformer
 from dtrl.models.gaussian import TEMPERATURE
-from dtrl.train.optimizers import WithTemperatureOptimizer
 from dtrl.policy import DecisionTransformerPolicy
+from dtrl.train import train
+from dtrl.train.finetune import finetune
+from dtrl.train.optimizers import WithTemperatureOptimizer
 from dtrl.train.stacked import train_stacked
 from dtrl.train.step import build_optimizer
-from dtrl.train import train
-from test_variants import reach_dataset
 
 torch_optimizer = pytest.importorskip("torch_optimizer", reason='optimizer=lamb needs pip install "dtrl[odt]"')
 
@@ -94,7 +94,9 @@ def test_odt_hopper_config_is_odts_main_py():
     assert (defaults.buffer_size, defaults.updates_per_iteration) == (ODT_REPLAY_SIZE, ODT_UPDATES_PER_ROLLOUT)
     assert defaults.rollouts_per_iteration == ODT_ROLLOUTS_PER_ITERATION
     assert (defaults.grad_clip, defaults.learning_rate, defaults.weight_decay) == (0.25, 1e-4, 5e-4)
-    header = " ".join(line.lstrip("#").strip().rstrip("\\") for line in ODT_CONFIG.read_text().splitlines() if line.startswith("#"))
+    header = " ".join(
+        line.lstrip("#").strip().rstrip("\\") for line in ODT_CONFIG.read_text().splitlines() if line.startswith("#")
+    )
     command = shlex.split(re.search(r"dtrl finetune .*?--out-dir \S+", header).group(0))
     flags = {command[i]: command[i + 1] for i in range(len(command) - 1) if command[i].startswith("--")}
     for flag, expected in ODT_ONLINE.items():
@@ -135,7 +137,9 @@ def test_lamb_trains_the_network_and_adam_the_temperature():
     assert group["lr"] == pytest.approx(1e-4 * 4 / 10_000) and t_group["lr"] == 1e-4
 
 
-def odt_lamb_reference(params: list[torch.Tensor], grads: list[list[torch.Tensor]], lr: float, wd: float) -> list[torch.Tensor]:
+def odt_lamb_reference(
+    params: list[torch.Tensor], grads: list[list[torch.Tensor]], lr: float, wd: float
+) -> list[torch.Tensor]:
     """ODT's lamb.py step (lines 143-190), written out: bias-corrected Adam step plus wd·w, scaled by |w| / |step|."""
     params = [p.clone() for p in params]
     m = [torch.zeros_like(p) for p in params]
@@ -191,7 +195,11 @@ def test_no_timestep_embedding_ignores_timesteps():
     assert model.embed_timestep is None
     assert plain.num_parameters() - model.num_parameters() == plain.config.max_episode_length * 16
     g = torch.Generator().manual_seed(1)
-    rtg, states, actions = torch.randn(2, 4, generator=g), torch.randn(2, 4, 3, generator=g), torch.rand(2, 4, 2, generator=g)
+    rtg, states, actions = (
+        torch.randn(2, 4, generator=g),
+        torch.randn(2, 4, 3, generator=g),
+        torch.rand(2, 4, 2, generator=g),
+    )
     early, late = torch.arange(4).repeat(2, 1), torch.arange(100, 104).repeat(2, 1)
     torch.testing.assert_close(model(rtg, states, actions, early), model(rtg, states, actions, late), rtol=0, atol=0)
     assert not torch.equal(plain(rtg, states, actions, early), plain(rtg, states, actions, late))
@@ -206,7 +214,9 @@ def test_odt_initialisation_is_odts():
     assert model.embed_state.weight.std() > 0.2  # not N(0, 0.02)
     proj = model.transformer.blocks[0].mlp.proj.weight  # its GPT-2 copy: N(0, 0.02), no residual scaling
     assert proj.std().item() == pytest.approx(0.02, rel=0.05)
-    assert odt_model(n_embd=64).transformer.blocks[0].mlp.proj.weight.std().item() == pytest.approx(0.02 / math.sqrt(2), rel=0.05)
+    assert odt_model(n_embd=64).transformer.blocks[0].mlp.proj.weight.std().item() == pytest.approx(
+        0.02 / math.sqrt(2), rel=0.05
+    )
 
 
 def policy_actions(model: DecisionTransformer, spec, steps: int = 6) -> np.ndarray:
@@ -310,6 +320,8 @@ def test_a_lamb_run_resumes_bit_exactly(tmp_path: Path):
            "reward_scale=10", "checkpoint_every=3", "model.timestep_embedding=none", "model.init=odt"]  # fmt: skip
     straight = train(load_config(None, [*tiny_overrides(data, tmp_path / "a", steps=6), *odt]))
     train(load_config(None, [*tiny_overrides(data, tmp_path / "b", steps=3), *odt]))
-    resumed = train(load_config(None, [*tiny_overrides(data, tmp_path / "b", steps=6), *odt]), resume=True, overrides={"steps": 6})
+    resumed = train(
+        load_config(None, [*tiny_overrides(data, tmp_path / "b", steps=6), *odt]), resume=True, overrides={"steps": 6}
+    )
     a, b = load_policy_files(straight.checkpoint)[1], load_policy_files(resumed.checkpoint)[1]
     assert all(torch.equal(a[k], b[k]) for k in a)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from dtrl.runfiles import CHECKPOINT_DIR
+from conftest import tiny_overrides
 from dtrl.checkpoint import latest_checkpoint, load_policy_files, load_train_state
 from dtrl.config import ModelConfig, TrainConfig, load_config
 from dtrl.data import Episode, EpisodeDataset
@@ -22,6 +22,8 @@ from dtrl.data.sampler import SegmentSampler
 from dtrl.errors import DtrlError
 from dtrl.models import DecisionTransformer, build_model
 from dtrl.policy import load
+from dtrl.runfiles import CHECKPOINT_DIR
+from dtrl.train import train
 from dtrl.train.stacked import parse_seeds, train_stacked
 from dtrl.train.stacking import (
     seed_optimizer_state,
@@ -32,9 +34,6 @@ from dtrl.train.stacking import (
     stacked_train_step,
 )
 from dtrl.train.step import build_optimizer, train_step
-from dtrl.train import train
-
-from conftest import tiny_overrides
 
 SEEDS = [0, 1, 2]
 CLIP = 0.05  # far below these models' gradient norms: every step clips, by a different factor per seed
@@ -46,8 +45,15 @@ def _discrete_dataset() -> EpisodeDataset:
     rng = np.random.default_rng(0)
     episodes = []
     for n in rng.integers(8, 30, size=10):
-        episodes.append(Episode(rng.normal(size=(n, 4)).astype(np.float32), rng.integers(0, 2, size=n),
-                                rng.normal(size=n).astype(np.float32), np.zeros(n, bool), np.eye(n, dtype=bool)[-1]))
+        episodes.append(
+            Episode(
+                rng.normal(size=(n, 4)).astype(np.float32),
+                rng.integers(0, 2, size=n),
+                rng.normal(size=n).astype(np.float32),
+                np.zeros(n, bool),
+                np.eye(n, dtype=bool)[-1],
+            )
+        )
     return EpisodeDataset.from_episodes(episodes, env.observation_space, env.action_space, name="cartpole-random")
 
 
@@ -83,7 +89,9 @@ def _stacked_run(dataset, cfg: ModelConfig, config: TrainConfig, steps: int):
 
 
 @pytest.mark.parametrize("head", ["continuous", "discrete", "stochastic", "mlp"])
-def test_stacked_seeds_train_like_separate_runs(pendulum_dataset, tiny_model_config: ModelConfig, head: str, monkeypatch):
+def test_stacked_seeds_train_like_separate_runs(
+    pendulum_dataset, tiny_model_config: ModelConfig, head: str, monkeypatch
+):
     """Same init, same batches, dropout 0: after 8 steps every seed's weights equal its separate run's,
     with per-seed gradient clipping active at every step (a global clip would scale all seeds alike).
     The stochastic head (Online DT) trains its own temperature per seed; its entropy estimate's noise is zeroed.
@@ -175,7 +183,9 @@ def test_resume_after_a_kill_between_seeds_saves_is_bit_exact(pendulum_path: Pat
         assert all(torch.equal(wa[k], wb[k]) for k in wa)
     # one seed's directory is an ordinary run: a plain resume continues it alone
     alone = load_config(None, tiny_overrides(pendulum_path, tmp_path / "split" / "seed_2"))
-    assert train(alone, resume=True, overrides={"steps": 32}).checkpoint == latest_checkpoint(tmp_path / "split" / "seed_2")
+    assert train(alone, resume=True, overrides={"steps": 32}).checkpoint == latest_checkpoint(
+        tmp_path / "split" / "seed_2"
+    )
 
 
 def test_a_diverging_seed_stops_the_stack_naming_it(pendulum_path: Path, tmp_path: Path, monkeypatch):
@@ -191,7 +201,9 @@ def test_a_diverging_seed_stops_the_stack_naming_it(pendulum_path: Path, tmp_pat
         return batch
 
     monkeypatch.setattr(stacked_module, "stack_batches", stack_with_nan)
-    with pytest.raises(DtrlError, match=r"diverged at step 13 for seed 3: loss=nan.*batch of seed 3: .* with 1 NaN/Inf"):
+    with pytest.raises(
+        DtrlError, match=r"diverged at step 13 for seed 3: loss=nan.*batch of seed 3: .* with 1 NaN/Inf"
+    ):
         train_stacked(_config(pendulum_path, tmp_path / "nan"), [0, 3, 5])
     assert latest_checkpoint(tmp_path / "nan" / "seed_3").name == "step_00000010"
 
@@ -209,7 +221,9 @@ def test_cli_trains_stacked_seeds(pendulum_path: Path, tmp_path: Path):
     out = tmp_path / "cli"
     proc = subprocess.run(
         [sys.executable, "-m", "dtrl", "train", *tiny_overrides(pendulum_path, out, steps=10), "--seeds", "4,5"],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.count("checkpoint:") == 2

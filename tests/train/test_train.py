@@ -8,14 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from dtrl.runfiles import CHECKPOINT_DIR, LATEST_FILE, TRAIN_STATE_FILE, WEIGHTS_FILE
+from conftest import tiny_overrides
 from dtrl.checkpoint import latest_checkpoint, load_policy_files, write_policy
 from dtrl.config import TrainConfig, load_config
 from dtrl.errors import DtrlError
 from dtrl.policy import load
+from dtrl.runfiles import CHECKPOINT_DIR, LATEST_FILE, TRAIN_STATE_FILE, WEIGHTS_FILE
 from dtrl.train import train
-
-from conftest import tiny_overrides
 
 
 def _train(data: Path, out: Path, *extra: str, resume: bool = False):
@@ -69,7 +68,7 @@ def test_torn_checkpoints_are_never_loaded(pendulum_path: Path, tmp_path: Path):
     (torn / WEIGHTS_FILE).write_bytes(b"half")
     (root / LATEST_FILE).write_text("step_00000060")
     assert latest_checkpoint(run) == result.checkpoint
-    assert not (result.checkpoint / TRAIN_STATE_FILE).read_bytes() == b""
+    assert (result.checkpoint / TRAIN_STATE_FILE).read_bytes() != b""
 
 
 def test_existing_run_needs_resume(pendulum_path: Path, tmp_path: Path):

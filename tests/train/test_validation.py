@@ -14,7 +14,6 @@ import torch.nn.functional as F
 
 import dtrl
 from conftest import pendulum_spec, tiny_overrides
-from dtrl.runfiles import BEST_FILE, CHECKPOINT_DIR
 from dtrl.checkpoint import latest_checkpoint, mark_best, read_best, save_checkpoint
 from dtrl.config import load_config
 from dtrl.data import EpisodeDataset
@@ -22,13 +21,15 @@ from dtrl.data.normalizer import Normalizer
 from dtrl.errors import DtrlError
 from dtrl.models import DecisionTransformer
 from dtrl.plot import plot_runs
+from dtrl.runfiles import BEST_FILE, CHECKPOINT_DIR, VAL_FILE
 from dtrl.train import train
-from dtrl.runfiles import VAL_FILE
 from dtrl.validation import ActionError, split_episodes
 
 
 def val_config(data: Path, out: Path, steps: int = 40, *extra: str):
-    return load_config(None, [*tiny_overrides(data, out, steps), "val_fraction=0.25", "eval_episodes=1", *extra], environ={})
+    return load_config(
+        None, [*tiny_overrides(data, out, steps), "val_fraction=0.25", "eval_episodes=1", *extra], environ={}
+    )
 
 
 @pytest.fixture(scope="module")
@@ -122,8 +123,10 @@ def test_action_error_is_every_step_once_from_consecutive_k_step_segments(
             s = slice(j, min(j + K, L))
             with torch.no_grad():
                 pred = model(
-                    torch.tensor(rtg[s][None], dtype=torch.float32), torch.from_numpy(states[s][None]),
-                    torch.from_numpy(actions[s][None]), torch.arange(s.start, s.stop)[None],
+                    torch.tensor(rtg[s][None], dtype=torch.float32),
+                    torch.from_numpy(states[s][None]),
+                    torch.from_numpy(actions[s][None]),
+                    torch.arange(s.start, s.stop)[None],
                 )
             total += float(F.mse_loss(pred[0], torch.from_numpy(actions[s]), reduction="sum"))
             count += actions[s].size
@@ -154,7 +157,11 @@ def test_plot_draws_val_loss_beside_train_loss(val_run, tmp_path: Path, monkeypa
 
     drawn = []
     original = dtrl.plot.plot_seeds
-    monkeypatch.setattr(dtrl.plot, "plot_seeds", lambda ax, curves, label, color: (drawn.append((ax.get_title(), label)), original(ax, curves, label, color)))
+    monkeypatch.setattr(
+        dtrl.plot,
+        "plot_seeds",
+        lambda ax, curves, label, color: (drawn.append((ax.get_title(), label)), original(ax, curves, label, color)),
+    )
     out, _ = val_run
     plot_runs([out], tmp_path)
     assert [label.rsplit(", ", 1)[1] for _, label in drawn[:2]] == ["train/loss", "val/loss"]
@@ -171,12 +178,16 @@ def test_eval_dataset_reports_the_action_error_of_a_run_without_an_environment(
     report = tmp_path / "offline.json"
     proc = subprocess.run(
         [sys.executable, "-m", "dtrl", "eval", str(out), "--dataset", str(path), "-o", str(report)],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
     assert "action error" in proc.stdout
     result = json.loads(report.read_text())
     policy = dtrl.load(out, "cpu")
-    expected = ActionError(data, policy.spec.model.context_length, policy.spec.reward_scale, policy.normalizer)(policy.model)
+    expected = ActionError(data, policy.spec.model.context_length, policy.spec.reward_scale, policy.normalizer)(
+        policy.model
+    )
     assert result["episodes"] == 6 and result["steps"] == len(data)
     assert result["action_error"] == pytest.approx(expected, rel=1e-6)

@@ -13,7 +13,8 @@ from rich.markup import escape
 
 # Each module adds its commands to the app; `dtrl --help` lists them in this order.
 # isort: off
-from dtrl.cli import training, quickstart, results, data  # noqa: F401
+from dtrl.cli import training, quickstart, results, data  # noqa: F401 (imported for the commands they register)
+
 # isort: on
 from dtrl.cli.app import _debug, app
 from dtrl.cli.display import console, err_console, eval_progress, progress_bar, results_table, train_with_progress

@@ -21,7 +21,9 @@ data_app = typer.Typer(
 app.add_typer(data_app, name="data")
 
 _debug = {"on": False}
-FORCE_HELP = "Write even into a checkpoint, a run directory's top level or over an existing file that this command did not make."
+FORCE_HELP = (
+    "Write even into a checkpoint, a run directory's top level or over an existing file that this command did not make."
+)
 
 
 def _version(value: bool) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import shlex
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 from rich.table import Table
@@ -37,8 +37,11 @@ def info_rows(dataset: Any) -> list[tuple[str, str]]:
         rows += [
             ("made_by", f"{meta.get('made_by')} ({meta.get('kind')})"),
             ("command", str(meta.get("command"))),
-            ("behaviour_agent", f"{meta['algorithm']['name']} ({meta['algorithm']['library']}), "
-             f"{protocol['agent_steps']} steps, seed {protocol['seed']}, {protocol['n_envs']} envs"),
+            (
+                "behaviour_agent",
+                f"{meta['algorithm']['name']} ({meta['algorithm']['library']}), "
+                f"{protocol['agent_steps']} steps, seed {protocol['seed']}, {protocol['n_envs']} envs",
+            ),
             ("snapshots", f"expert at {meta.get('expert_steps')} steps, medium at {meta.get('medium_steps')} steps"),
             ("versions", ", ".join(f"{k} {v}" for k, v in meta.get("versions", {}).items())),
             ("wall_time_s", str(meta.get("wall_time_s"))),
@@ -56,25 +59,36 @@ def info_rows(dataset: Any) -> list[tuple[str, str]]:
     "  dtrl data collect dtrl/KeyToDoor-v0 --kinds random --episodes 1000",
 )
 def collect(
-    env_id: str = typer.Argument(..., help="Gymnasium id, e.g. Hopper-v5, Walker2d-v5, HalfCheetah-v5, ALE/Breakout-v5."),
+    env_id: str = typer.Argument(
+        ..., help="Gymnasium id, e.g. Hopper-v5, Walker2d-v5, HalfCheetah-v5, ALE/Breakout-v5."
+    ),
     kinds: str = typer.Option(
         "random,medium,medium-replay,expert,medium-expert", "--kinds", help="Comma-separated dataset kinds."
     ),
-    transitions: Optional[int] = typer.Option(
+    transitions: int | None = typer.Option(
         None, "--transitions", min=1, help="Transitions per recorded dataset [default: 1,000,000; Atari: 500,000]."
     ),
     seed: int = typer.Option(0, "--seed", min=0, help="Everything derives from it: agent, rollouts, reference scores."),
-    agent_steps: Optional[int] = typer.Option(
-        None, "--agent-steps", min=1, help="Env steps to train the behaviour agent [default: 1,000,000; Atari: 10,000,000]."
+    agent_steps: int | None = typer.Option(
+        None,
+        "--agent-steps",
+        min=1,
+        help="Env steps to train the behaviour agent [default: 1,000,000; Atari: 10,000,000].",
     ),
-    cache_dir: Optional[Path] = typer.Option(
-        None, "--cache-dir", "--out", help="Where datasets and agents go (default: $DTRL_DATA_DIR or the user data dir)."
+    cache_dir: Path | None = typer.Option(
+        None,
+        "--cache-dir",
+        "--out",
+        help="Where datasets and agents go (default: $DTRL_DATA_DIR or the user data dir).",
     ),
     max_episode_steps: int = typer.Option(1000, "--max-episode-steps", min=1, help="Episodes are truncated here."),
     ref_episodes: int = typer.Option(100, "--ref-episodes", min=1, help="Episodes per reference score."),
-    episodes: Optional[int] = typer.Option(
-        None, "--episodes", min=1, help="With --kinds random: record this many uniformly random episodes, no behaviour "
-        "agent (dataset <family>-random-<N>ep; e.g. dtrl/KeyToDoor-v0)."
+    episodes: int | None = typer.Option(
+        None,
+        "--episodes",
+        min=1,
+        help="With --kinds random: record this many uniformly random episodes, no behaviour "
+        "agent (dataset <family>-random-<N>ep; e.g. dtrl/KeyToDoor-v0).",
     ),
 ) -> None:
     """Make D4RL-style datasets (random, medium, medium-replay, expert, medium-expert) with a PPO behaviour agent;
@@ -93,7 +107,11 @@ def collect(
         if kinds != "random":
             raise DtrlError(f"--episodes records random episodes only: pass --kinds random (got --kinds {kinds})")
         path = collect_random(
-            env_id, episodes, seed=seed, cache_dir=root, max_episode_steps=max_episode_steps,
+            env_id,
+            episodes,
+            seed=seed,
+            cache_dir=root,
+            max_episode_steps=max_episode_steps,
             command=shlex.join(["dtrl", *sys.argv[1:]]),
             log=lambda line: console.print(line, soft_wrap=True, highlight=False, markup=False),
         )
@@ -150,8 +168,10 @@ def collect(
 def export(
     source: str = typer.Argument(..., help="A cached dataset name (e.g. hopper-medium) or any dataset dtrl reads."),
     format: str = typer.Option(..., "--format", "-f", help="d4rl (HDF5), minari, or npz (dtrl's native format)."),
-    out: Optional[Path] = typer.Option(
-        None, "--out", help="Output file (d4rl, npz) or Minari datasets root (default: Minari's own, ~/.minari/datasets)."
+    out: Path | None = typer.Option(
+        None,
+        "--out",
+        help="Output file (d4rl, npz) or Minari datasets root (default: Minari's own, ~/.minari/datasets).",
     ),
     force: bool = typer.Option(False, "--force", help="Replace an existing file at --out."),
 ) -> None:
@@ -167,12 +187,18 @@ def export(
         out = check_dataset_output(out, "--out", source, force, native=format == "npz", directory=format == "minari")
     dataset = open_dataset(source)
     if format == "d4rl":
-        written = write_d4rl(dataset, out)  # type: ignore[arg-type]
+        assert out is not None
+        written = write_d4rl(dataset, out)
     elif format == "npz":
-        written = dataset.save(out)  # type: ignore[arg-type]
+        assert out is not None
+        written = dataset.save(out)
     else:
         written = write_minari(dataset, out)
-    console.print(f"wrote {written} ({dataset.num_episodes} episodes, {len(dataset)} transitions)", soft_wrap=True, highlight=False)
+    console.print(
+        f"wrote {written} ({dataset.num_episodes} episodes, {len(dataset)} transitions)",
+        soft_wrap=True,
+        highlight=False,
+    )
 
 
 def check_dataset_output(
@@ -194,7 +220,7 @@ def check_dataset_output(
 
 @data_app.command("list", epilog="Examples:\n\n  dtrl data list\n\n  DTRL_DATA_DIR=/data/dtrl dtrl data list")
 def list_(
-    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Default: $DTRL_DATA_DIR or the user data dir."),
+    cache_dir: Path | None = typer.Option(None, "--cache-dir", help="Default: $DTRL_DATA_DIR or the user data dir."),
 ) -> None:
     """List the datasets in the cache (usable by name: dtrl train dataset=NAME)."""
     import numpy as np
@@ -214,13 +240,19 @@ def list_(
     for path in paths:
         ds = EpisodeDataset.load(path)
         returns = ds.episode_returns
-        table.add_row(path.stem, str(ds.num_episodes), str(len(ds)), f"{np.mean(returns):.1f}", f"{np.max(returns):.1f}")
+        table.add_row(
+            path.stem, str(ds.num_episodes), str(len(ds)), f"{np.mean(returns):.1f}", f"{np.max(returns):.1f}"
+        )
     console.print(table)
 
 
-@data_app.command("info", epilog="Examples:\n\n  dtrl data info quickstart\n\n  dtrl data info data/hopper-medium-v2.hdf5")
+@data_app.command(
+    "info", epilog="Examples:\n\n  dtrl data info quickstart\n\n  dtrl data info data/hopper-medium-v2.hdf5"
+)
 def data_info(
-    source: str = typer.Argument(..., help="A cached dataset name, .npz, .hdf5 (D4RL) file, Minari dataset dir or id, or 'quickstart'.")
+    source: str = typer.Argument(
+        ..., help="A cached dataset name, .npz, .hdf5 (D4RL) file, Minari dataset dir or id, or 'quickstart'."
+    ),
 ) -> None:
     """Print a dataset's summary statistics, reference scores and provenance."""
     from dtrl.data.readers import open_dataset
@@ -239,7 +271,7 @@ def data_info(
 def data_convert(
     source: str = typer.Argument(..., help="A .hdf5 (D4RL) file, Minari dataset dir or id, or a .npz."),
     output: Path = typer.Argument(..., help="Output path of the native .npz dataset (a directory with --store)."),
-    env: Optional[str] = typer.Option(None, "--env", help="Record this gymnasium id as the dataset's env."),
+    env: str | None = typer.Option(None, "--env", help="Record this gymnasium id as the dataset's env."),
     store: bool = typer.Option(
         False, "--store", help="Write an on-disk store (memory-mapped in training, for data larger than RAM)."
     ),

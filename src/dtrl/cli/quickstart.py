@@ -10,10 +10,10 @@ beats random and whether the achieved return follows the target.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
-from typing import Optional, Sequence
 
 import numpy as np
 import typer
@@ -78,7 +78,9 @@ def sweep_verdict(results: Sequence[EvalResult]) -> Verdict:
     fall = first_fall([r.returns for r in results])
     sweep = f"{low.mean:.0f} at target {low.target_return:g} -> {high.mean:.0f} at target {high.target_return:g}"
     if rise <= RISE_IN_ERRORS * noise:
-        return Verdict(False, f"{sweep}: a rise of {rise:.0f} is within {RISE_IN_ERRORS:g} standard errors ({noise:.0f})")
+        return Verdict(
+            False, f"{sweep}: a rise of {rise:.0f} is within {RISE_IN_ERRORS:g} standard errors ({noise:.0f})"
+        )
     if fall is not None:
         a, b = results[fall], results[fall + 1]
         return Verdict(False, f"{sweep}, but it falls from {a.mean:.0f} to {b.mean:.0f} between targets "
@@ -191,8 +193,10 @@ def run(
     "  dtrl quickstart --steps 500 --episodes 3 --out-dir runs/qs-short"
 )
 def quickstart(
-    out_dir: Optional[Path] = typer.Option(
-        None, "--out-dir", help="Where the run is written (default runs/quickstart, runs/quickstart-seedN for --seed N)."
+    out_dir: Path | None = typer.Option(
+        None,
+        "--out-dir",
+        help="Where the run is written (default runs/quickstart, runs/quickstart-seedN for --seed N).",
     ),
     seed: int = typer.Option(0, "--seed", min=0, help="Training seed; evaluation episodes start from it too."),
     steps: int = typer.Option(0, "--steps", min=0, help="Training steps (0: the quickstart default)."),

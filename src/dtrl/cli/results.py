@@ -5,7 +5,6 @@ from __future__ import annotations
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 from rich.table import Table
@@ -25,13 +24,13 @@ def calibrate(
     checkpoint: Path = typer.Argument(..., help="Run directory, checkpoint or policy directory."),
     points: int = typer.Option(10, "--points", "-p", min=2, help="Targets from 0 to 1.2x the dataset's best return."),
     episodes: int = typer.Option(10, "--episodes", "-n", min=1, help="Episodes per target, all run in parallel."),
-    env: Optional[str] = typer.Option(None, "--env", help="Gymnasium id (default: the env the policy was trained for)."),
-    dataset: Optional[str] = typer.Option(
+    env: str | None = typer.Option(None, "--env", help="Gymnasium id (default: the env the policy was trained for)."),
+    dataset: str | None = typer.Option(
         None, "--dataset", help="The training dataset (default: the one in the run's config.yaml)."
     ),
     seed: int = typer.Option(0, "--seed", min=0, help="Episode i of every target starts from seed + i."),
     device: str = typer.Option("auto", "--device", envvar="DTRL_DEVICE", help="auto, cpu, cuda or cuda:N."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Default: CHECKPOINT/calibration.json."),
+    output: Path | None = typer.Option(None, "--output", "-o", help="Default: CHECKPOINT/calibration.json."),
     force: bool = typer.Option(False, "--force", help=FORCE_HELP),
 ) -> None:
     """Sweep target returns and record the achieved return: calibration.json, drawn by `dtrl plot`."""
@@ -65,7 +64,7 @@ def calibrate(
     "  dtrl plot runs/hopper-s0 runs/hopper-s1 runs/hopper-s2 --out plots   (seeds: mean ± std)",
 )
 def plot(
-    runs: List[Path] = typer.Argument(..., help="Run directories; runs differing only in seed are averaged."),
+    runs: list[Path] = typer.Argument(..., help="Run directories; runs differing only in seed are averaged."),
     out: Path = typer.Option(Path("plots"), "--out", help="Directory for the PNG files."),
     force: bool = typer.Option(False, "--force", help=FORCE_HELP),
 ) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 from rich.table import Table
@@ -22,12 +21,16 @@ from dtrl.errors import DtrlError
     "  torchrun --nproc-per-node 4 -m dtrl train -c configs/hopper.yaml   (data-parallel, docs/scaling.md)"
 )
 def train(
-    overrides: Optional[List[str]] = typer.Argument(None, help="Config overrides key=value (e.g. model.n_layer=2 steps=500)."),
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config file; overrides win over it."),
+    overrides: list[str] | None = typer.Argument(
+        None, help="Config overrides key=value (e.g. model.n_layer=2 steps=500)."
+    ),
+    config: Path | None = typer.Option(None, "--config", "-c", help="YAML config file; overrides win over it."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in out_dir from its newest checkpoint."),
-    seeds: Optional[str] = typer.Option(
-        None, "--seeds", help="Train these seeds (e.g. 0,1,2) stacked in one process with torch.func.vmap; "
-        "seed N's run goes to OUT_DIR/seed_N (docs/performance.md)."
+    seeds: str | None = typer.Option(
+        None,
+        "--seeds",
+        help="Train these seeds (e.g. 0,1,2) stacked in one process with torch.func.vmap; "
+        "seed N's run goes to OUT_DIR/seed_N (docs/performance.md).",
     ),
 ) -> None:
     """Train a Decision Transformer from a YAML config plus key=value overrides."""
@@ -51,8 +54,10 @@ def train(
         from dtrl.checkpoint import read_best
 
         best = read_best(result.run_dir) or {}
-        console.print(f"final val/loss {result.val_losses[-1][1]:.4f}; lowest at step {best.get('step')} "
-                      f"({best.get('val_loss', float('nan')):.4f}), marked in checkpoints/best.json")
+        console.print(
+            f"final val/loss {result.val_losses[-1][1]:.4f}; lowest at step {best.get('step')} "
+            f"({best.get('val_loss', float('nan')):.4f}), marked in checkpoints/best.json"
+        )
     console.print(f"checkpoint: {result.checkpoint}")
     if result.eval_results:
         console.print(results_table("evaluation", result.eval_results))
@@ -67,8 +72,10 @@ def _train_stacked(cfg, seeds: str, resume: bool, overrides: dict) -> None:
     results = train_with_progress(cfg, resume, overrides, train=partial(train_stacked, seeds=parse_seeds(seeds)))
     for result in results:
         if result.losses:
-            console.print(f"{result.run_dir.name}: final train/loss {result.losses[-1][1]:.4f} "
-                          f"(first logged {result.losses[0][1]:.4f})")
+            console.print(
+                f"{result.run_dir.name}: final train/loss {result.losses[-1][1]:.4f} "
+                f"(first logged {result.losses[0][1]:.4f})"
+            )
         console.print(f"checkpoint: {result.checkpoint}")
         if result.eval_results:
             console.print(results_table(f"evaluation ({result.run_dir.name})", result.eval_results))
@@ -86,25 +93,29 @@ def _train_stacked(cfg, seeds: str, resume: bool, overrides: dict) -> None:
 def eval_(
     ctx: typer.Context,
     checkpoint: Path = typer.Argument(..., help="Run directory, checkpoint or policy directory."),
-    env: Optional[str] = typer.Option(None, "--env", help="Gymnasium id (default: the env the policy was trained for)."),
-    target_return: Optional[List[float]] = typer.Option(
+    env: str | None = typer.Option(None, "--env", help="Gymnasium id (default: the env the policy was trained for)."),
+    target_return: list[float] | None = typer.Option(
         None, "--target-return", "-r", help="Target return(s); several may follow one flag."
     ),
     episodes: int = typer.Option(10, "--episodes", "-n", min=1, help="Episodes per target, run in parallel."),
     seed: int = typer.Option(0, "--seed", min=0, help="Episode i of every target starts from seed + i."),
     device: str = typer.Option("auto", "--device", envvar="DTRL_DEVICE", help="auto, cpu, cuda or cuda:N."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the results as JSON here."),
-    video: Optional[Path] = typer.Option(
+    output: Path | None = typer.Option(None, "--output", "-o", help="Write the results as JSON here."),
+    video: Path | None = typer.Option(
         None, "--video", help="Also record episode 0 of each target as an MP4 into this directory."
     ),
     kv_cache: bool = typer.Option(
-        False, "--kv-cache", help="Decode incrementally with a key/value cache (faster; sliding-window attention past K)."
+        False,
+        "--kv-cache",
+        help="Decode incrementally with a key/value cache (faster; sliding-window attention past K).",
     ),
-    dataset: Optional[str] = typer.Option(
-        None, "--dataset", help="Without --target-return: report the action error on this dataset's episodes "
-        "(no simulator). For a transformers directory: its state statistics, unless --state-stats."
+    dataset: str | None = typer.Option(
+        None,
+        "--dataset",
+        help="Without --target-return: report the action error on this dataset's episodes "
+        "(no simulator). For a transformers directory: its state statistics, unless --state-stats.",
     ),
-    state_stats: Optional[Path] = typer.Option(
+    state_stats: Path | None = typer.Option(
         None, "--state-stats", help="A transformers directory's state statistics: JSON with state_mean and state_std."
     ),
     force: bool = typer.Option(False, "--force", help=FORCE_HELP),
@@ -148,7 +159,7 @@ def eval_(
             console.print(f"video: {path}", soft_wrap=True, highlight=False)
 
 
-def _target_returns(ctx: typer.Context, given: Optional[List[float]]) -> list[float]:
+def _target_returns(ctx: typer.Context, given: list[float] | None) -> list[float]:
     """--target-return's values and the numbers after them; a misspelt option is named as one, with the closest."""
     import difflib
     import math
@@ -169,13 +180,13 @@ def _target_returns(ctx: typer.Context, given: Optional[List[float]]) -> list[fl
     return targets
 
 
-def _open_dataset(source: Optional[str]):
+def _open_dataset(source: str | None):
     from dtrl.data.readers import open_dataset
 
     return open_dataset(source) if source else None
 
 
-def load_policy(checkpoint: Path, device: str, kv_cache: bool = False, state_stats: Optional[Path] = None, data=None):
+def load_policy(checkpoint: Path, device: str, kv_cache: bool = False, state_stats: Path | None = None, data=None):
     """dtrl.load; a transformers directory's state statistics from --state-stats, else from the dataset."""
     from dtrl.hf import dataset_state_stats, is_transformers_dir
     from dtrl.policy import load
@@ -185,7 +196,7 @@ def load_policy(checkpoint: Path, device: str, kv_cache: bool = False, state_sta
     return load(checkpoint, device, kv_cache, state_stats)
 
 
-def _offline_eval(policy, data, output: Optional[Path]) -> None:
+def _offline_eval(policy, data, output: Path | None) -> None:
     """``dtrl eval --dataset`` without targets: the action error on the dataset's episodes."""
     from dtrl.io import write_json
     from dtrl.validation import offline_report
@@ -209,14 +220,18 @@ _FT = FinetuneConfig()
     "  dtrl finetune runs/odt --steps 200000 --updates-per-iteration 300 --batch-size 256   (ODT's gym budget)",
 )
 def finetune(
-    checkpoint: Path = typer.Argument(..., help="Run directory or checkpoint of a model trained with model.stochastic_policy=true."),
-    env: Optional[str] = typer.Option(None, "--env", help="Gymnasium id (default: the env the policy was trained for)."),
+    checkpoint: Path = typer.Argument(
+        ..., help="Run directory or checkpoint of a model trained with model.stochastic_policy=true."
+    ),
+    env: str | None = typer.Option(None, "--env", help="Gymnasium id (default: the env the policy was trained for)."),
     steps: int = typer.Option(_FT.steps, "--steps", min=1, help="Online budget: environment steps to collect."),
     out_dir: Path = typer.Option(Path(_FT.out_dir), "--out-dir", help="Where the fine-tuned run is written."),
-    target_return: Optional[float] = typer.Option(
-        None, "--target-return", help="Return the rollouts are conditioned on (default: twice a positive --eval-target, 0 for a negative one)."
+    target_return: float | None = typer.Option(
+        None,
+        "--target-return",
+        help="Return the rollouts are conditioned on (default: twice a positive --eval-target, 0 for a negative one).",
     ),
-    eval_target: Optional[float] = typer.Option(
+    eval_target: float | None = typer.Option(
         None, "--eval-target", help="Return the evaluation is conditioned on (default: the dataset's best)."
     ),
     rollouts_per_iteration: int = typer.Option(_FT.rollouts_per_iteration, "--rollouts-per-iteration", min=1),
@@ -227,13 +242,14 @@ def finetune(
     batch_size: int = typer.Option(_FT.batch_size, "--batch-size", min=1),
     learning_rate: float = typer.Option(_FT.learning_rate, "--learning-rate"),
     continue_optimizer: bool = typer.Option(
-        _FT.continue_optimizer, "--continue-optimizer",
+        _FT.continue_optimizer,
+        "--continue-optimizer",
         help="Continue the checkpoint's optimiser, step count and learning-rate schedule, as ODT (then --learning-rate is unused).",
     ),
     eval_episodes: int = typer.Option(_FT.eval_episodes, "--eval-episodes", min=1),
     eval_every: int = typer.Option(_FT.eval_every, "--eval-every", min=0, help="Also evaluate every N env steps."),
     seed: int = typer.Option(_FT.seed, "--seed", min=0, help="Seeds rollouts, action sampling and dropout."),
-    dataset: Optional[str] = typer.Option(
+    dataset: str | None = typer.Option(
         None, "--dataset", help="Offline data that seeds the replay buffer (default: the run's training dataset)."
     ),
     device: str = typer.Option(_FT.device, "--device", envvar="DTRL_DEVICE", help="auto, cpu, cuda or cuda:N."),
@@ -261,6 +277,8 @@ def finetune(
         table.add_column(col, justify="right")
     for name, r in (("offline", result.offline[0]), ("fine-tuned", result.online[0])):
         norm = r.normalized
-        table.add_row(name, f"{r.mean:.1f} ± {r.std:.1f}", f"{norm[0]:.1f} ± {norm[1]:.1f}" if norm else "-", str(len(r.returns)))
+        table.add_row(
+            name, f"{r.mean:.1f} ± {r.std:.1f}", f"{norm[0]:.1f} ± {norm[1]:.1f}" if norm else "-", str(len(r.returns))
+        )
     console.print(table)
     console.print(f"checkpoint: {result.checkpoint}", soft_wrap=True, highlight=False)

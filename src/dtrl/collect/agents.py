@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -26,8 +27,7 @@ def import_sb3() -> Any:
         import stable_baselines3
     except ImportError:
         raise DtrlError(
-            "training a behaviour agent needs stable-baselines3, which is not installed: "
-            "pip install 'dtrl[collect]'"
+            "training a behaviour agent needs stable-baselines3, which is not installed: pip install 'dtrl[collect]'"
         ) from None
     return stable_baselines3
 
@@ -139,8 +139,16 @@ class Snapshot:
 #: SB3's defaults (the PPO paper's MuJoCo settings) spread over ``n_envs``
 #: environments; SAC's are SB3's defaults.
 DEFAULT_HYPERPARAMS: dict[str, dict[str, Any]] = {
-    "ppo": {"n_steps": 512, "batch_size": 64, "n_epochs": 10, "learning_rate": 3e-4,
-            "gamma": 0.99, "gae_lambda": 0.95, "clip_range": 0.2, "ent_coef": 0.0},
+    "ppo": {
+        "n_steps": 512,
+        "batch_size": 64,
+        "n_epochs": 10,
+        "learning_rate": 3e-4,
+        "gamma": 0.99,
+        "gae_lambda": 0.95,
+        "clip_range": 0.2,
+        "ent_coef": 0.0,
+    },
     "sac": {"learning_starts": 10_000, "batch_size": 256, "learning_rate": 3e-4},
 }
 
@@ -278,8 +286,13 @@ def _replay_callback(venv: Any) -> Any:
                     ends = np.zeros(len(o), dtype=bool)
                     ends[-1] = True
                     self.done.episodes.append(
-                        Episode(np.asarray(o), np.asarray(a), np.asarray(r, dtype=np.float32),
-                                ends & (not truncated), ends & truncated)
+                        Episode(
+                            np.asarray(o),
+                            np.asarray(a),
+                            np.asarray(r, dtype=np.float32),
+                            ends & (not truncated),
+                            ends & truncated,
+                        )
                     )
                     self.done.final_observations.append(info[_FINAL_OBS])
                     self.open[i] = []
@@ -334,7 +347,10 @@ def train_protocol_agent(
     agent_dir.mkdir(parents=True, exist_ok=True)
     try:
         venv = make_vec_env(
-            env_id, n_envs=n_envs, seed=seed + start, wrapper_class=_FinalObservation,
+            env_id,
+            n_envs=n_envs,
+            seed=seed + start,
+            wrapper_class=_FinalObservation,
             env_kwargs={"max_episode_steps": max_episode_steps},
         )
     except gym.error.Error as e:
@@ -401,5 +417,6 @@ def read_replay(agent_dir: Path, upto: int) -> Recording:
                 continue
         chunk = EpisodeDataset.load(path)
         rec.episodes.extend(chunk)
-        rec.final_observations.extend(chunk.final_observations)  # type: ignore[arg-type]
+        assert chunk.final_observations is not None  # a replay chunk is saved with them
+        rec.final_observations.extend(chunk.final_observations)
     return rec

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import platform
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -23,8 +24,13 @@ from dtrl.io import read_state, write_json
 #: entropy 0.01), trained on clipped rewards. PPO rather than DQN-replay's DQN: with vector envs it
 #: collects several times more steps per second on a CPU, and its training steps are what is recorded.
 ATARI_PPO_HYPERPARAMS: dict[str, Any] = {
-    "n_steps": 128, "n_epochs": 4, "batch_size": 256, "learning_rate": 2.5e-4, "clip_range": 0.1,
-    "ent_coef": 0.01, "vf_coef": 0.5,
+    "n_steps": 128,
+    "n_epochs": 4,
+    "batch_size": 256,
+    "learning_rate": 2.5e-4,
+    "clip_range": 0.1,
+    "ent_coef": 0.01,
+    "vf_coef": 0.5,
 }
 ATARI_N_ENVS = 8
 #: DQN-replay keeps 50 checkpoints per run; the agent's training steps are split into as many.
@@ -45,14 +51,22 @@ def _atari_replay_callback(n_envs: int, write: Callable[[list[dict[str, np.ndarr
 
         def _on_step(self) -> bool:
             frames = np.asarray(self.model._last_obs)[:, -1]  # (n_envs, 84, 84): the obs before this step
-            for i, (action, done, info) in enumerate(zip(self.locals["actions"], self.locals["dones"], self.locals["infos"])):
+            for i, (action, done, info) in enumerate(
+                zip(self.locals["actions"], self.locals["dones"], self.locals["infos"])
+            ):
                 self.open[i].append((frames[i].copy(), int(action), float(info["raw_reward"])))
                 if done:
                     f, a, r = zip(*self.open[i])
                     terminal = np.zeros(len(f), dtype=np.uint8)
                     terminal[-1] = 1
-                    self.done.append({"observation": np.stack(f), "action": np.asarray(a), "reward": np.asarray(r),
-                                      "terminal": terminal})
+                    self.done.append(
+                        {
+                            "observation": np.stack(f),
+                            "action": np.asarray(a),
+                            "reward": np.asarray(r),
+                            "terminal": terminal,
+                        }
+                    )
                     self.returns.append(float(np.sum(r)))
                     self.open[i] = []
             return True
@@ -116,7 +130,9 @@ def collect_atari(
     summary_path = agent_dir / "summary.json"
     summary = read_state(summary_path)
     if summary and summary["hyperparams"] != params:
-        raise DtrlError(f"{agent_dir} holds an agent trained with other hyperparameters: delete it or pass another --cache-dir")
+        raise DtrlError(
+            f"{agent_dir} holds an agent trained with other hyperparameters: delete it or pass another --cache-dir"
+        )
     if not summary:
         import_sb3()
         from stable_baselines3 import PPO
@@ -130,8 +146,14 @@ def collect_atari(
 
         def write(episodes: list[dict[str, np.ndarray]]) -> None:
             if episodes:  # a share in which no episode ended adds no checkpoint
-                write_checkpoint(replay_dir, written[0], *(np.concatenate([e[k] for e in episodes])
-                                                          for k in ("observation", "action", "reward", "terminal")))
+                write_checkpoint(
+                    replay_dir,
+                    written[0],
+                    *(
+                        np.concatenate([e[k] for e in episodes])
+                        for k in ("observation", "action", "reward", "terminal")
+                    ),
+                )
                 written[0] += 1
 
         capture = _atari_replay_callback(n_envs, write)
@@ -143,14 +165,19 @@ def collect_atari(
                 if progress:
                     progress("train agent", model.num_timesteps, agent_steps)
                 recent = capture.returns[-100:]
-                say(f"[ppo {env_id}] {model.num_timesteps} steps, return of the last {len(recent)} episodes "
-                    f"{np.mean(recent) if recent else float('nan'):.1f}, {time.perf_counter() - t0:.0f}s")
+                say(
+                    f"[ppo {env_id}] {model.num_timesteps} steps, return of the last {len(recent)} episodes "
+                    f"{np.mean(recent) if recent else float('nan'):.1f}, {time.perf_counter() - t0:.0f}s"
+                )
         finally:
             venv.close()
         returns = np.asarray(capture.returns)
         summary = {
-            "agent_steps": model.num_timesteps, "hyperparams": params, "wall_time_s": round(time.perf_counter() - t0, 1),
-            "episodes": len(returns), "checkpoints": written[0],
+            "agent_steps": model.num_timesteps,
+            "hyperparams": params,
+            "wall_time_s": round(time.perf_counter() - t0, 1),
+            "episodes": len(returns),
+            "checkpoints": written[0],
             "return_mean": float(returns.mean()) if len(returns) else None,
             "return_last_100": float(returns[-100:].mean()) if len(returns) else None,
             "return_max": float(returns.max()) if len(returns) else None,
@@ -159,24 +186,35 @@ def collect_atari(
     if not checkpoint_numbers(replay_dir):
         raise DtrlError(f"the agent finished no episode in {agent_steps} steps: raise --agent-steps")
     t1 = time.perf_counter()
-    dataset = read_dqn_replay(replay_dir, transitions, buffer_capacity=None, seed=seed, env_id=env_id,
-                              name=f"{game}-replay")
-    dataset.metadata.update({
-        "made_by": "dtrl.collect.atari.collect_atari",
-        "command": command,
-        "kind": "replay",
-        "algorithm": {"name": "PPO", "library": "stable-baselines3", "policy": "CnnPolicy",
-                      "hyperparams": params, "n_envs": n_envs, "seed": seed},
-        "agent_dir": str(agent_dir),
-        "agent": summary,
-        "subset_wall_time_s": round(time.perf_counter() - t1, 1),
-        "versions": versions("ale-py"),
-        "platform": platform.platform(),
-        "num_threads": num_threads,
-    })
+    dataset = read_dqn_replay(
+        replay_dir, transitions, buffer_capacity=None, seed=seed, env_id=env_id, name=f"{game}-replay"
+    )
+    dataset.metadata.update(
+        {
+            "made_by": "dtrl.collect.atari.collect_atari",
+            "command": command,
+            "kind": "replay",
+            "algorithm": {
+                "name": "PPO",
+                "library": "stable-baselines3",
+                "policy": "CnnPolicy",
+                "hyperparams": params,
+                "n_envs": n_envs,
+                "seed": seed,
+            },
+            "agent_dir": str(agent_dir),
+            "agent": summary,
+            "subset_wall_time_s": round(time.perf_counter() - t1, 1),
+            "versions": versions("ale-py"),
+            "platform": platform.platform(),
+            "num_threads": num_threads,
+        }
+    )
     path = cache_dir / f"{game}-replay{NATIVE_SUFFIX}"
     dataset.save(path, compress=True)  # frames compress ~30x
     s = dataset.summary()
-    say(f"{game}-replay: {s['episodes']} episodes, {s['transitions']} transitions, "
-        f"return mean {s['return_mean']:.1f} max {s['return_max']:.1f} -> {path}")
+    say(
+        f"{game}-replay: {s['episodes']} episodes, {s['transitions']} transitions, "
+        f"return mean {s['return_mean']:.1f} max {s['return_max']:.1f} -> {path}"
+    )
     return path

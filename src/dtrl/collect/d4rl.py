@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import platform
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -69,9 +70,14 @@ class _AgentRecorder:
     def record(self, policy: BatchPolicyFn, stage: str, seed: int, **budget: int) -> Recording:
         """Record ``num_transitions`` or ``num_episodes`` with :func:`record_vector`, reporting ``stage``."""
         progress, total = self.progress, budget.get("num_transitions") or budget["num_episodes"]
-        report = (lambda done: progress(stage, min(done, total), total)) if progress and "num_transitions" in budget else None
-        rec = record_vector(policy, self.env_id, seed=seed, max_episode_steps=self.max_episode_steps,
-                            on_progress=report, **budget)
+        report = (
+            (lambda done: progress(stage, min(done, total), total))
+            if progress and "num_transitions" in budget
+            else None
+        )
+        rec = record_vector(
+            policy, self.env_id, seed=seed, max_episode_steps=self.max_episode_steps, on_progress=report, **budget
+        )
         if progress and "num_episodes" in budget:
             progress(stage, total, total)
         return rec
@@ -93,12 +99,22 @@ def _reference_scores(
     if refs:
         return refs
     t0 = time.perf_counter()
-    rand = agent.returns(uniform_batch_policy(expert.action_space, seed_of["ref-random"]), "reference: random",
-                         seed_of["ref-random"], episodes)
-    exp = agent.returns(expert.batch_policy(seed=seed_of["ref-expert"]), "reference: expert", seed_of["ref-expert"], episodes)
+    rand = agent.returns(
+        uniform_batch_policy(expert.action_space, seed_of["ref-random"]),
+        "reference: random",
+        seed_of["ref-random"],
+        episodes,
+    )
+    exp = agent.returns(
+        expert.batch_policy(seed=seed_of["ref-expert"]), "reference: expert", seed_of["ref-expert"], episodes
+    )
     refs = {
         "random": {"policy": "uniform random", "episodes": len(rand), **return_stats(rand)},
-        "expert": {"policy": f"final agent ({expert_steps} steps), sampled actions", "episodes": len(exp), **return_stats(exp)},
+        "expert": {
+            "policy": f"final agent ({expert_steps} steps), sampled actions",
+            "episodes": len(exp),
+            **return_stats(exp),
+        },
     }
     write_json(agent.agent_dir / "ref_scores.json", refs, indent=1)
     agent.add_time("reference_scores", t0)
@@ -184,9 +200,16 @@ def collect_d4rl(
     agent_steps = every * -(-agent_steps // every)
     family = env_family(env_id)
     settings = {
-        "env_id": env_id, "seed": seed, "agent_steps": agent_steps, "transitions": transitions,
-        "max_episode_steps": max_episode_steps, "n_envs": n_envs, "snapshot_every": every,
-        "eval_episodes": eval_episodes, "ref_episodes": ref_episodes, "hyperparams": params,
+        "env_id": env_id,
+        "seed": seed,
+        "agent_steps": agent_steps,
+        "transitions": transitions,
+        "max_episode_steps": max_episode_steps,
+        "n_envs": n_envs,
+        "snapshot_every": every,
+        "eval_episodes": eval_episodes,
+        "ref_episodes": ref_episodes,
+        "hyperparams": params,
     }
     # medium-expert is made from medium and expert, which may be cached without being asked for
     needed = {*kinds, *(("medium", "expert") if "medium-expert" in kinds else ())}
@@ -207,8 +230,16 @@ def collect_d4rl(
     # 1. The behaviour agent.
     t0 = time.perf_counter()
     steps = train_protocol_agent(
-        env_id, agent_dir, agent_steps, every, seed=seed_of["agent"], max_episode_steps=max_episode_steps,
-        n_envs=n_envs, hyperparams=params, progress=progress, log=say,
+        env_id,
+        agent_dir,
+        agent_steps,
+        every,
+        seed=seed_of["agent"],
+        max_episode_steps=max_episode_steps,
+        n_envs=n_envs,
+        hyperparams=params,
+        progress=progress,
+        log=say,
     )
     if "train" not in agent.timings:
         agent.add_time("train", t0)
@@ -222,9 +253,13 @@ def collect_d4rl(
     # 3. The medium snapshot.
     medium_steps: int | None = None
     if {"medium", "medium-replay", "medium-expert"} & set(todo):
-        medium_steps, medium_return = _medium_snapshot(agent, steps, ref_scores["expert"], seed_of["evaluate"], eval_episodes)
-        say(f"medium snapshot: {medium_steps} steps, return {medium_return:.1f} "
-            f"(a third of the expert: {ref_scores['expert'] / 3:.1f})")
+        medium_steps, medium_return = _medium_snapshot(
+            agent, steps, ref_scores["expert"], seed_of["evaluate"], eval_episodes
+        )
+        say(
+            f"medium snapshot: {medium_steps} steps, return {medium_return:.1f} "
+            f"(a third of the expert: {ref_scores['expert'] / 3:.1f})"
+        )
 
     # 4. The datasets.
     env = make_env(env_id)
@@ -235,8 +270,13 @@ def collect_d4rl(
         "made_by": "dtrl.collect.d4rl.collect_d4rl",
         "command": command,
         "protocol": settings,
-        "algorithm": {"name": "PPO", "library": "stable-baselines3", "policy": "MlpPolicy",
-                      "vec_normalize": True, "why": "PPO with vector envs is ~20x faster than SAC on one CPU thread"},
+        "algorithm": {
+            "name": "PPO",
+            "library": "stable-baselines3",
+            "policy": "MlpPolicy",
+            "vec_normalize": True,
+            "why": "PPO with vector envs is ~20x faster than SAC on one CPU thread",
+        },
         "agent_dir": str(agent_dir),
         "expert_steps": steps[-1],
         "medium_steps": medium_steps,
@@ -257,7 +297,8 @@ def collect_d4rl(
         if kind == "random":
             policy = uniform_batch_policy(expert.action_space, seed_of["random"])
         else:
-            snap = expert if kind == "expert" else load_snapshot(agent_dir, medium_steps)  # type: ignore[arg-type]
+            assert kind == "expert" or medium_steps is not None
+            snap = expert if kind == "expert" else load_snapshot(agent_dir, medium_steps)
             policy = snap.batch_policy(seed=seed_of[kind])
         return agent.record(policy, f"record {family}-{kind}", seed_of[kind], num_transitions=transitions)
 
@@ -271,15 +312,23 @@ def collect_d4rl(
             rec = Recording([e for p in parts for e in p.episodes], [o for p in parts for o in p.final_observations])
         else:
             rec = made[kind] = source(kind)
-        wall = round(time.perf_counter() - t1 + (agent.timings.get("train", 0.0) if kind == "medium-replay" else 0.0), 1)
+        wall = round(
+            time.perf_counter() - t1 + (agent.timings.get("train", 0.0) if kind == "medium-replay" else 0.0), 1
+        )
         ds = rec.dataset(
-            observation_space=obs_space, action_space=expert.action_space, name=f"{family}-{kind}", env_id=env_id,
-            ref_scores=ref_scores, metadata={**base_meta, "kind": kind, "family": family, "wall_time_s": wall},
+            observation_space=obs_space,
+            action_space=expert.action_space,
+            name=f"{family}-{kind}",
+            env_id=env_id,
+            ref_scores=ref_scores,
+            metadata={**base_meta, "kind": kind, "family": family, "wall_time_s": wall},
         )
         ds.save(paths[kind])
         s = ds.summary()
-        say(f"{family}-{kind}: {s['episodes']} episodes, {s['transitions']} transitions, "
-            f"return mean {s['return_mean']:.1f} max {s['return_max']:.1f} -> {paths[kind]}")
+        say(
+            f"{family}-{kind}: {s['episodes']} episodes, {s['transitions']} transitions, "
+            f"return mean {s['return_mean']:.1f} max {s['return_max']:.1f} -> {paths[kind]}"
+        )
     return paths
 
 
@@ -319,21 +368,32 @@ def collect_random(
     env.close()
     t0 = time.perf_counter()
     rec = record_vector(
-        uniform_batch_policy(action_space, seed), env_id, num_episodes=episodes, seed=seed,
+        uniform_batch_policy(action_space, seed),
+        env_id,
+        num_episodes=episodes,
+        seed=seed,
         max_episode_steps=max_episode_steps,
     )
     meta = {
-        "made_by": "dtrl.collect.d4rl.collect_random", "kind": "random", "policy": "uniform random",
-        "command": command, "settings": settings, "versions": versions(), "platform": platform.platform(),
+        "made_by": "dtrl.collect.d4rl.collect_random",
+        "kind": "random",
+        "policy": "uniform random",
+        "command": command,
+        "settings": settings,
+        "versions": versions(),
+        "platform": platform.platform(),
         "wall_time_s": round(time.perf_counter() - t0, 1),
     }
     ds = rec.dataset(observation_space=obs_space, action_space=action_space, name=name, env_id=env_id, metadata=meta)
     ds.save(path)
     s = ds.summary()
-    say(f"{name}: {s['episodes']} episodes, {s['transitions']} transitions, return mean {s['return_mean']:.3f} -> {path}")
+    say(
+        f"{name}: {s['episodes']} episodes, {s['transitions']} transitions, return mean {s['return_mean']:.3f} -> {path}"
+    )
     return path
 
 
 def _load_recording(path: Path) -> Recording:
     ds = EpisodeDataset.load(path)
-    return Recording(list(ds), list(ds.final_observations))  # type: ignore[arg-type]
+    assert ds.final_observations is not None  # recordings are saved with them
+    return Recording(list(ds), list(ds.final_observations))

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import platform
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -46,8 +47,13 @@ QUICKSTART_RECIPE: dict[str, Any] = {
         # Deterministic actions plus a little noise: a snapshot's returns stay near its own level (sampled
         # actions spread one snapshot over most of the range), and longer episodes get more budget.
         *(
-            {"name": f"learning-{round(100 * f)}", "fraction": f, "transitions": round(1_500 + 9_000 * f),
-             "deterministic": True, "noise_std": 0.1}
+            {
+                "name": f"learning-{round(100 * f)}",
+                "fraction": f,
+                "transitions": round(1_500 + 9_000 * f),
+                "deterministic": True,
+                "noise_std": 0.1,
+            }
             for f in LEARNING_FRACTIONS
         ),
         # The best policy at three noise levels: its own returns, and graded falls from them.
@@ -112,7 +118,9 @@ def make_quickstart_dataset(
     eval_seed = next(seeds)
     for snap in snapshots:
         snap.eval_return = float(
-            evaluate_policy(snap.policy(deterministic=True), env_id, int(r["eval_episodes_per_snapshot"]), eval_seed).mean()
+            evaluate_policy(
+                snap.policy(deterministic=True), env_id, int(r["eval_episodes_per_snapshot"]), eval_seed
+            ).mean()
         )
         say(f"snapshot {snap.timesteps}: deterministic return {snap.eval_return:.1f}")
     best = max(snapshots, key=lambda s: s.eval_return)
@@ -148,11 +156,15 @@ def make_quickstart_dataset(
         info["first_episode"] = len(episodes)
         sources.append(info)
         episodes.extend(eps)
-        say(f"source {src['name']}: {info['episodes']} episodes, {info['transitions']} transitions, returns {info['returns']}")
+        say(
+            f"source {src['name']}: {info['episodes']} episodes, {info['transitions']} transitions, returns {info['returns']}"
+        )
     t_record = time.perf_counter() - t0 - t_train - t_eval
 
     # 4. Reference scores.
-    random_ref = evaluate_policy(random_policy(action_space, next(seeds)), env_id, int(r["random_ref_episodes"]), next(seeds))
+    random_ref = evaluate_policy(
+        random_policy(action_space, next(seeds)), env_id, int(r["random_ref_episodes"]), next(seeds)
+    )
     expert_ref = evaluate_policy(best.policy(deterministic=True), env_id, int(r["expert_ref_episodes"]), next(seeds))
     ref_scores = {"random": float(random_ref.mean()), "expert": float(expert_ref.mean())}
     say(f"reference scores: {ref_scores}")
@@ -233,7 +245,9 @@ def _record_source(
     eps = record_episodes(policy, env_id, num_transitions=int(src["transitions"]), seed=seed)
     info = {
         "name": src["name"],
-        "policy": "uniform random" if snap is None else f"{algo} snapshot, {'mean' if deterministic else 'sampled'} actions",
+        "policy": "uniform random"
+        if snap is None
+        else f"{algo} snapshot, {'mean' if deterministic else 'sampled'} actions",
         "snapshot_timesteps": None if snap is None else snap.timesteps,
         "snapshot_deterministic_return": None if snap is None else round(snap.eval_return, 2),
         "noise_std": float(src.get("noise_std", 0.0)),

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import copy
 import platform
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -62,8 +63,16 @@ def record_episodes(
     dtype unless ``action_dtype`` is given.
     """
     return _rollout(
-        lambda batch: [policy_fn(obs) for obs in batch], env_id, "record_episodes", num_transitions, num_episodes,
-        [seed], max_episode_steps, env_kwargs, obs_dtype, action_dtype,
+        lambda batch: [policy_fn(obs) for obs in batch],
+        env_id,
+        "record_episodes",
+        num_transitions,
+        num_episodes,
+        [seed],
+        max_episode_steps,
+        env_kwargs,
+        obs_dtype,
+        action_dtype,
     ).episodes
 
 
@@ -78,9 +87,7 @@ def episode_returns(episodes: Sequence[Episode]) -> np.ndarray:
     return np.array([e.total_return for e in episodes], dtype=np.float64)
 
 
-def evaluate_policy(
-    policy_fn: PolicyFn, env_id: str, num_episodes: int, seed: int = 0, **kwargs: Any
-) -> np.ndarray:
+def evaluate_policy(policy_fn: PolicyFn, env_id: str, num_episodes: int, seed: int = 0, **kwargs: Any) -> np.ndarray:
     """Undiscounted returns of ``num_episodes`` episodes of ``policy_fn``."""
     return episode_returns(record_episodes(policy_fn, env_id, num_episodes=num_episodes, seed=seed, **kwargs))
 
@@ -141,7 +148,14 @@ def record_vector(
     n = min(n_envs, int(num_episodes)) if num_episodes is not None and num_episodes > 0 else n_envs
     seeds = [int(s) for s in np.random.SeedSequence(seed).generate_state(n)]
     return _rollout(
-        policy, env_id, "record_vector", num_transitions, num_episodes, seeds, max_episode_steps, on_progress=on_progress
+        policy,
+        env_id,
+        "record_vector",
+        num_transitions,
+        num_episodes,
+        seeds,
+        max_episode_steps,
+        on_progress=on_progress,
     )
 
 
@@ -161,7 +175,9 @@ def _rollout(
     """The one rollout loop: env ``i`` reset with ``seeds[i]``, one policy call per step for all envs."""
     if (num_transitions is None) == (num_episodes is None):
         raise DtrlError(f"{who} needs exactly one of num_transitions and num_episodes")
-    budget = int(num_transitions if num_transitions is not None else num_episodes)  # type: ignore[arg-type]
+    given = num_transitions if num_transitions is not None else num_episodes
+    assert given is not None
+    budget = int(given)
     if budget < 1:
         raise DtrlError(f"{who} needs a positive budget, got {budget}")
     n = len(seeds)
@@ -186,8 +202,11 @@ def _rollout(
                 o, a, r, te, tr = zip(*steps[i])
                 rec.episodes.append(
                     Episode(
-                        np.asarray(o, dtype=obs_dtype), np.asarray(a, dtype=act_dtype),
-                        np.asarray(r, dtype=np.float32), np.asarray(te, dtype=bool), np.asarray(tr, dtype=bool),
+                        np.asarray(o, dtype=obs_dtype),
+                        np.asarray(a, dtype=act_dtype),
+                        np.asarray(r, dtype=np.float32),
+                        np.asarray(te, dtype=bool),
+                        np.asarray(tr, dtype=bool),
                     )
                 )
                 rec.final_observations.append(obs[i].astype(np.float32))

@@ -88,7 +88,9 @@ def write_checkpoint(
     for element, values in arrays.items():
         if len(values) != n:
             raise DtrlError(f"checkpoint {number}: {len(values)} {element}s for {n} observations")
-        _write_npy_gz(checkpoint_file(directory, element, number), np.asarray(values, dtype=ELEMENTS[element]), compresslevel)
+        _write_npy_gz(
+            checkpoint_file(directory, element, number), np.asarray(values, dtype=ELEMENTS[element]), compresslevel
+        )
     _write_npy_gz(checkpoint_file(directory, "add_count", number), np.array(n, dtype=np.int64), compresslevel)
 
 
@@ -116,7 +118,9 @@ def _read_npy_gz(path: Path, rows: int | None = None) -> np.ndarray:
     except FileNotFoundError:
         raise DtrlError(f"{path} is missing: a DQN-replay checkpoint needs all of {', '.join(ELEMENTS)}") from None
     except (OSError, EOFError, ValueError, zlib.error) as e:
-        raise DtrlError(f"{path} is not a readable gzipped .npy array ({type(e).__name__}: {e}): download it again") from None
+        raise DtrlError(
+            f"{path} is not a readable gzipped .npy array ({type(e).__name__}: {e}): download it again"
+        ) from None
     if len(data) != size:
         raise DtrlError(f"{path} is truncated ({len(data)} of {size} bytes): download it again")
     return np.frombuffer(data, dtype=dtype).reshape(shape)
@@ -197,10 +201,20 @@ def read_dqn_replay(
             f"{directory}: no checkpoint holds a whole episode (no terminal flag in the rows read): "
             "download the checkpoints again or point at another replay_logs directory"
         )
-    return _dataset(pieces, directory, env_id, name, {
-        "transitions": transitions, "trajectories_per_buffer": trajectories_per_buffer,
-        "buffer_capacity": buffer_capacity, "seed": seed, "visits": visits, "checkpoints": numbers,
-    })
+    return _dataset(
+        pieces,
+        directory,
+        env_id,
+        name,
+        {
+            "transitions": transitions,
+            "trajectories_per_buffer": trajectories_per_buffer,
+            "buffer_capacity": buffer_capacity,
+            "seed": seed,
+            "visits": visits,
+            "checkpoints": numbers,
+        },
+    )
 
 
 def _dataset(
@@ -225,7 +239,12 @@ def _dataset(
         name=name or f"{game or directory.name}-dqn-replay",
         env_id=env_id,
         ref_scores=atari.gamer_reference(env_id) if game in atari.GAMER_REF_SCORES else {},
-        metadata={"source": "dqn-replay", "directory": str(directory), "frame_stack": atari.FRAME_STACK, "subset": subset},
+        metadata={
+            "source": "dqn-replay",
+            "directory": str(directory),
+            "frame_stack": atari.FRAME_STACK,
+            "subset": subset,
+        },
     )
 
 

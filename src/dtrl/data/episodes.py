@@ -15,9 +15,10 @@ from __future__ import annotations
 import json
 import os
 import zipfile
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -111,7 +112,7 @@ class EpisodeDataset:
         observation_space: gym.Space | None = None,
         action_space: gym.Space | None = None,
         **kwargs: Any,
-    ) -> "EpisodeDataset":
+    ) -> EpisodeDataset:
         if not episodes:
             raise DtrlError("the dataset has no episodes: record or select at least one episode")
         lengths = np.array([len(e) for e in episodes], dtype=np.int64)
@@ -140,7 +141,7 @@ class EpisodeDataset:
         observation_space: gym.Space | None = None,
         action_space: gym.Space | None = None,
         **kwargs: Any,
-    ) -> "EpisodeDataset":
+    ) -> EpisodeDataset:
         """Build a dataset, inferring Box spaces from the data where none is given."""
         observations = np.asarray(observations)
         actions = np.asarray(actions)
@@ -184,16 +185,15 @@ class EpisodeDataset:
         starts = self.episode_starts
         if starts[0] != 0 or starts[-1] != n or np.any(np.diff(starts) <= 0):
             raise DtrlError(
-                f"{where} has invalid episode boundaries: offsets must rise from 0 to {n} "
-                "with no empty episode"
+                f"{where} has invalid episode boundaries: offsets must rise from 0 to {n} with no empty episode"
             )
-        if isinstance(self.observation_space, gym.spaces.Box):
-            if self.observation_shape != tuple(self.observation_space.shape):
-                stacked = f" (stacks of {self.frame_stack} frames)" if self.frame_stack else ""
-                raise DtrlError(
-                    f"{where}: observations have shape {self.observation_shape}{stacked} per step "
-                    f"but the observation space is {self.observation_space.shape}"
-                )
+        box = isinstance(self.observation_space, gym.spaces.Box)
+        if box and self.observation_shape != tuple(self.observation_space.shape):
+            stacked = f" (stacks of {self.frame_stack} frames)" if self.frame_stack else ""
+            raise DtrlError(
+                f"{where}: observations have shape {self.observation_shape}{stacked} per step "
+                f"but the observation space is {self.observation_space.shape}"
+            )
         if isinstance(self.action_space, gym.spaces.Discrete):
             if self.actions.ndim != 1 or self.actions.dtype.kind not in "iu":
                 raise DtrlError(
@@ -290,7 +290,7 @@ class EpisodeDataset:
     def __iter__(self) -> Iterator[Episode]:
         return (self.episode(i) for i in range(self.num_episodes))
 
-    def select(self, indices: Sequence[int] | np.ndarray, name: str | None = None) -> "EpisodeDataset":
+    def select(self, indices: Sequence[int] | np.ndarray, name: str | None = None) -> EpisodeDataset:
         """A new dataset holding the chosen episodes (e.g. the top 10% for %BC)."""
         return EpisodeDataset.from_episodes(
             [self.episode(int(i)) for i in indices],
@@ -302,7 +302,7 @@ class EpisodeDataset:
             metadata=dict(self.metadata),
         )
 
-    def top_episodes(self, fraction: float) -> "EpisodeDataset":
+    def top_episodes(self, fraction: float) -> EpisodeDataset:
         """The highest-return episodes that hold ``fraction`` of all timesteps, for %BC.
 
         The paper's ``pct_traj`` rule (kzl/decision-transformer, gym/experiment.py): the best
@@ -369,7 +369,7 @@ class EpisodeDataset:
         return path
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "EpisodeDataset":
+    def load(cls, path: str | os.PathLike) -> EpisodeDataset:
         """Read a dataset written by :meth:`save`."""
         path = Path(path)
         try:

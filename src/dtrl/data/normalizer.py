@@ -46,7 +46,7 @@ class Normalizer:
     action_high: np.ndarray | None = None
 
     @classmethod
-    def from_dataset(cls, dataset: EpisodeDataset) -> "Normalizer":
+    def from_dataset(cls, dataset: EpisodeDataset) -> Normalizer:
         if dataset.frame_stack:  # uint8 pixels pass unchanged: the model's encoder scales them
             mean, std = np.zeros(1, np.float32), np.ones(1, np.float32)
         else:
@@ -82,7 +82,7 @@ class Normalizer:
         }
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Normalizer":
+    def from_dict(cls, d: dict) -> Normalizer:
         def arr(key: str) -> np.ndarray | None:
             return None if d.get(key) is None else np.asarray(d[key], dtype=np.float32)
 

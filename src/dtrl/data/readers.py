@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -44,9 +45,7 @@ def _one_line(e: BaseException) -> str:
 
 
 # --------------------------------------------------------------------------- D4RL
-def read_d4rl(
-    path: str | os.PathLike, env_id: str | None = None, name: str | None = None
-) -> EpisodeDataset:
+def read_d4rl(path: str | os.PathLike, env_id: str | None = None, name: str | None = None) -> EpisodeDataset:
     """Read a D4RL-layout HDF5 file (flat per-transition arrays) into episodes.
 
     Episodes end at every step flagged in ``terminals`` or ``timeouts``; steps
@@ -72,9 +71,7 @@ def read_d4rl(
                     f"(it has: {shown or 'no keys'}); a D4RL file needs {', '.join(required)} "
                     "and optionally timeouts (Minari datasets: give their directory)"
                 )
-            arrays = {
-                k: np.asarray(f[k][()]) for k in D4RL_KEYS if isinstance(f.get(k), h5py.Dataset)
-            }
+            arrays = {k: np.asarray(f[k][()]) for k in D4RL_KEYS if isinstance(f.get(k), h5py.Dataset)}
             attrs = dict(f.attrs)
     except OSError as e:
         raise DtrlError(
@@ -85,8 +82,7 @@ def read_d4rl(
     for key, value in arrays.items():
         if value.ndim == 0:
             raise DtrlError(
-                f"{path}: {key!r} is a single value, not one entry per transition: "
-                "the file is not in D4RL layout"
+                f"{path}: {key!r} is a single value, not one entry per transition: the file is not in D4RL layout"
             )
     n = len(arrays["observations"])
     if "timeouts" not in arrays:
@@ -272,9 +268,7 @@ def open_dataset(source: str | os.PathLike, env_id: str | None = None) -> Episod
         dataset = open_store(path)
     elif path.is_dir() and is_dqn_replay(path):
         dataset = read_dqn_replay(path, env_id=env_id)
-    elif path.is_dir() or (
-        not path.exists() and isinstance(source, str) and _MINARI_ID.match(source)
-    ):
+    elif path.is_dir() or (not path.exists() and isinstance(source, str) and _MINARI_ID.match(source)):
         dataset = read_minari(source)
     elif not path.exists() and isinstance(source, str) and (cached := cached_dataset(source)) is not None:
         dataset = EpisodeDataset.load(cached)

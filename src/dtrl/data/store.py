@@ -170,7 +170,8 @@ class StoreWriter:
     def _append(self, key: str, values: np.ndarray) -> None:
         if key not in self._files:
             self._rows[key] = (values.dtype, values.shape[1:])
-            self._files[key] = open(self._tmp / f"{key}.npy", "wb")
+            # kept open across add() calls and closed in close()/abort(): no context manager fits
+            self._files[key] = open(self._tmp / f"{key}.npy", "wb")  # noqa: SIM115
             self._files[key].write(b"\0" * _NPY_HEADER_BYTES)
         dtype, row = self._rows[key]
         if values.shape[1:] != row or values.dtype != dtype:
@@ -220,12 +221,10 @@ class StoreWriter:
             f.close()
         shutil.rmtree(self._tmp, ignore_errors=True)
 
-    def __enter__(self) -> "StoreWriter":
+    def __enter__(self) -> StoreWriter:
         return self
 
-    def __exit__(
-        self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None
-    ) -> None:
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None) -> None:
         if kind is None:
             self.close()
         else:
@@ -272,7 +271,10 @@ def open_store(path: str | os.PathLike) -> StoredEpisodeDataset:
         raise DtrlError(f"{path} is a store of version {meta.get('version')}, newer than this dtrl reads: upgrade dtrl")
     try:
         rows = {key: np.load(path / f"{key}.npy", mmap_mode="r", allow_pickle=False) for key in ROW_ARRAYS}
-        small = {key: np.load(path / f"{key}.npy", allow_pickle=False) for key in ("episode_starts", "state_mean", "state_std")}
+        small = {
+            key: np.load(path / f"{key}.npy", allow_pickle=False)
+            for key in ("episode_starts", "state_mean", "state_std")
+        }
     except (OSError, ValueError) as e:
         raise DtrlError(f"store {path} is incomplete or corrupt ({type(e).__name__}: {e}): write it again") from None
     if len(rows["returns_to_go"]) != len(rows["observations"]):

@@ -96,7 +96,9 @@ def write_minari(dataset: EpisodeDataset, root: str | os.PathLike | None = None)
     try:
         target = get_dataset_path(dataset_id)
         if target.exists():
-            raise DtrlError(f"Minari dataset {dataset_id} already exists at {target}: delete it or choose another --out")
+            raise DtrlError(
+                f"Minari dataset {dataset_id} already exists at {target}: delete it or choose another --out"
+            )
         buffers = [
             EpisodeBuffer(
                 id=i,

@@ -43,7 +43,11 @@ def check_env_id(env_id: str) -> None:
         spec = gym.spec(env_id)
     except gym.error.Error as e:
         known = sorted(k for k in gym.registry if k.split("-")[0].lower() in env_id.lower())[:5]
-        hint = f" (similar: {', '.join(known)})" if known else "; `python -c \"import gymnasium; gymnasium.pprint_registry()\"` lists them"
+        hint = (
+            f" (similar: {', '.join(known)})"
+            if known
+            else '; `python -c "import gymnasium; gymnasium.pprint_registry()"` lists them'
+        )
         raise DtrlError(f"unknown environment id {env_id!r}: {str(e).splitlines()[0].rstrip('.')}{hint}") from None
     if "mujoco" in str(spec.entry_point):
         quiet_mujoco_warnings()
@@ -80,7 +84,12 @@ def make_vector_env(env_id: str, num_envs: int, max_episode_steps: int | None = 
 
 
 def check_fits(
-    observation_space: gym.Space, action_space: gym.Space, spec_obs: dict[str, Any], spec_act: dict[str, Any], env_id: str, trained_on: str | None
+    observation_space: gym.Space,
+    action_space: gym.Space,
+    spec_obs: dict[str, Any],
+    spec_act: dict[str, Any],
+    env_id: str,
+    trained_on: str | None,
 ) -> None:
     """Raise if a policy trained for one env's spaces is pointed at another's."""
     where = f" (the policy was trained for {trained_on})" if trained_on else ""

@@ -52,9 +52,7 @@ def gamer_reference(env_id: str) -> dict[str, float]:
     """The published random and gamer scores as dtrl's reference-score pair (``expert`` = gamer)."""
     game = env_family(env_id)
     if game not in GAMER_REF_SCORES:
-        raise DtrlError(
-            f"no published gamer score for {env_id!r}: dtrl knows {', '.join(sorted(GAMER_REF_SCORES))}"
-        )
+        raise DtrlError(f"no published gamer score for {env_id!r}: dtrl knows {', '.join(sorted(GAMER_REF_SCORES))}")
     random, gamer = GAMER_REF_SCORES[game]
     return {"random": random, "expert": gamer}
 
@@ -100,7 +98,9 @@ def make_vector_env(env_id: str, num_envs: int, max_episode_steps: int | None = 
     return gym.vector.SyncVectorEnv([lambda: make_env(env_id, max_episode_steps) for _ in range(num_envs)])
 
 
-def stack_frames(frames: torch.Tensor, rows: torch.Tensor, timesteps: torch.Tensor, stack: int = FRAME_STACK) -> torch.Tensor:
+def stack_frames(
+    frames: torch.Tensor, rows: torch.Tensor, timesteps: torch.Tensor, stack: int = FRAME_STACK
+) -> torch.Tensor:
     """The stacked observations of steps ``rows``: frames ``rows - stack + 1 .. rows``, oldest first.
 
     ``frames`` (N, H, W) holds one frame per step; ``timesteps`` gives each

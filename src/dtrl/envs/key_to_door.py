@@ -65,7 +65,9 @@ class KeyToDoorEnv(gym.Env[np.ndarray, np.int64]):
         a, b = self.np_random.choice(self.size * self.size, 2, replace=False)
         return np.array(divmod(int(a), self.size)), np.array(divmod(int(b), self.size))
 
-    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
         super().reset(seed=seed)
         self._agent, self._key = self._two_cells()
         self._wait_start = self._two_cells()[0]

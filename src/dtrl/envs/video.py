@@ -9,6 +9,7 @@ the picture.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 
 import gymnasium as gym
@@ -21,10 +22,8 @@ _HEADLESS_BACKENDS = ("egl", "osmesa")
 
 def require_moviepy() -> None:
     """Fail before a long evaluation, not after it, when videos cannot be written."""
-    try:
-        import moviepy  # noqa: F401
-    except ImportError:
-        raise DtrlError("--video needs moviepy to write MP4 files: pip install 'dtrl[video]'") from None
+    if importlib.util.find_spec("moviepy") is None:
+        raise DtrlError("--video needs moviepy to write MP4 files: pip install 'dtrl[video]'")
 
 
 def make_render_env(env_id: str) -> gym.Env:

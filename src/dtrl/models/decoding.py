@@ -18,7 +18,7 @@ from dtrl.models.transformer import KVCache
 
 def new_cache(
     model: DecisionTransformer, batch: int, device: torch.device | str = "cpu", fast: bool | None = None
-) -> "DecodingCache | FastDecodingCache":
+) -> DecodingCache | FastDecodingCache:
     """An empty key/value cache for ``batch`` episodes that advance in lockstep.
 
     ``fast`` (default: when the model is in eval mode and K > 1) gives a

@@ -12,7 +12,7 @@ stay uint8 until this point.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn

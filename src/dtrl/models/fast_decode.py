@@ -74,12 +74,12 @@ class FastDecodingCache:
     """
 
     @staticmethod
-    def supports(model: "DecisionTransformer") -> bool:
+    def supports(model: DecisionTransformer) -> bool:
         return model.supports_kv_cache and not model.training and model.config.context_length > 1
 
     @torch.no_grad()
     def __init__(
-        self, model: "DecisionTransformer", batch: int, device: torch.device, use_numpy: bool | None = None
+        self, model: DecisionTransformer, batch: int, device: torch.device, use_numpy: bool | None = None
     ) -> None:
         """``use_numpy``: run the step in NumPy (default: where it can, float32 vector inputs on the CPU)."""
         if not self.supports(model):
@@ -209,8 +209,15 @@ class FastDecodingCache:
         timesteps: torch.Tensor,
         previous_actions: torch.Tensor | None,
     ) -> torch.Tensor:
-        t, K, n, B, H, D, C = (self.step_count, self.context_length, self.n, self.batch, self.n_head,
-                               self.head_dim, self.n_embd)
+        t, K, n, B, H, D, C = (
+            self.step_count,
+            self.context_length,
+            self.n,
+            self.batch,
+            self.n_head,
+            self.head_dim,
+            self.n_embd,
+        )
         if states.dtype != self.dtype and states.is_floating_point():
             states = states.to(self.dtype)
         x = self._tokens(returns_to_go, states, timesteps.clamp(max=self.max_time), previous_actions)
@@ -263,9 +270,19 @@ class _NumpyStep:
 
         self.layers = [
             (
-                ln(L.ln_1), mat(scaled_queries(L.qkv_w)), _np(scaled_queries(L.qkv_b)),
-                L.keys_t.numpy().reshape(B, H, D, -1), L.values.numpy().reshape(B, H, -1, D),
-                mat(L.proj_w), _np(L.proj_b), ln(L.ln_2), mat(L.fc_w), _np(L.fc_b), L.activation, mat(L.out_w), _np(L.out_b),
+                ln(L.ln_1),
+                mat(scaled_queries(L.qkv_w)),
+                _np(scaled_queries(L.qkv_b)),
+                L.keys_t.numpy().reshape(B, H, D, -1),
+                L.values.numpy().reshape(B, H, -1, D),
+                mat(L.proj_w),
+                _np(L.proj_b),
+                ln(L.ln_2),
+                mat(L.fc_w),
+                _np(L.fc_b),
+                L.activation,
+                mat(L.out_w),
+                _np(L.out_b),
             )
             for L in c.layers
         ]
@@ -304,9 +321,21 @@ class _NumpyStep:
         hi = lo + new
         mask = self.masks[t if t < K else K + t % K, n - new :]
         last = len(self.layers) - 1
-        for i, (ln_1, qkv_w, qkv_b, keys_t, values, proj_w, proj_b, ln_2, fc_w, fc_b, activation, out_w, out_b) in enumerate(
-            self.layers
-        ):
+        for i, (
+            ln_1,
+            qkv_w,
+            qkv_b,
+            keys_t,
+            values,
+            proj_w,
+            proj_b,
+            ln_2,
+            fc_w,
+            fc_b,
+            activation,
+            out_w,
+            out_b,
+        ) in enumerate(self.layers):
             qkv = np.dot(_layer_norm(x, ln_1), qkv_w)
             qkv += qkv_b
             qkv = qkv.reshape(B, new, 3, H, D)

@@ -18,7 +18,7 @@ objective per step; :func:`dtrl.train.step.stochastic_action_loss` averages it o
 from __future__ import annotations
 
 import math
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F

@@ -49,9 +49,7 @@ class CausalSelfAttention(nn.Module):
         self.attn_dropout = dropout
         self.resid_dropout = nn.Dropout(dropout)
 
-    def forward(
-        self, x: torch.Tensor, attn_mask: torch.Tensor | None, cache: KVCache | None = None
-    ) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None, cache: KVCache | None = None) -> torch.Tensor:
         """``attn_mask``: bool (B, 1, T, T), True where a query may attend; None means plain causal.
 
         With a ``cache``, ``x`` holds only the new tokens: their keys and values are
@@ -77,7 +75,9 @@ class MLP(nn.Module):
     def __init__(self, n_embd: int, ratio: int, activation: str, dropout: float) -> None:
         super().__init__()
         self.fc = nn.Linear(n_embd, ratio * n_embd)
-        self.act = nn.ReLU() if activation == "relu" else nn.GELU(approximate="none" if activation == "gelu_exact" else "tanh")
+        self.act = (
+            nn.ReLU() if activation == "relu" else nn.GELU(approximate="none" if activation == "gelu_exact" else "tanh")
+        )
         self.proj = nn.Linear(ratio * n_embd, n_embd)
         self.dropout = nn.Dropout(dropout)
 
@@ -111,9 +111,7 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(n_embd, eps=layer_norm_epsilon)
         self.mlp = MLP(n_embd, mlp_ratio, activation, dropout)
 
-    def forward(
-        self, x: torch.Tensor, attn_mask: torch.Tensor | None, cache: KVCache | None = None
-    ) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None, cache: KVCache | None = None) -> torch.Tensor:
         h = self.ln_1(x)
         x = x + (self.attn(h, attn_mask, cache) if self.uses_attention else self.conv(h, attn_mask))
         return x + self.mlp(self.ln_2(x))
@@ -139,7 +137,14 @@ class Transformer(nn.Module):
         super().__init__()
         self.blocks = nn.ModuleList(
             Block(
-                n_embd, n_head, mlp_ratio, activation, dropout, token_mixer, conv_kernel_size, tokens_per_step,
+                n_embd,
+                n_head,
+                mlp_ratio,
+                activation,
+                dropout,
+                token_mixer,
+                conv_kernel_size,
+                tokens_per_step,
                 layer_norm_epsilon,
             )
             for _ in range(n_layer)

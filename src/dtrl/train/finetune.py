@@ -22,9 +22,10 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Callable, Sequence
 
 import gymnasium as gym
 import numpy as np
@@ -102,8 +103,14 @@ def collect(
     policy.sample_actions(generator=generator)
     policy.reset(target_return, num_envs=len(seeds))
     recorder = EpisodeRecorder()
-    check = lambda envs: policy.check_env(envs, env_id)  # noqa: E731
-    rollout(env_id, seeds, policy.act, check, max_episode_steps=min(limit, max_steps or limit), record=recorder)
+    rollout(
+        env_id,
+        seeds,
+        policy.act,
+        partial(policy.check_env, env_id=env_id),
+        max_episode_steps=min(limit, max_steps or limit),
+        record=recorder,
+    )
     return recorder.episodes()
 
 
@@ -221,7 +228,9 @@ def finetune(
             rollout_returns += [e.total_return for e in new]
             buffer.add(new)
             data = buffer.dataset(obs_space, act_space)
-            sampler = SegmentSampler(data, spec.model.context_length, spec.reward_scale, normalizer, device, config.seed)
+            sampler = SegmentSampler(
+                data, spec.model.context_length, spec.reward_scale, normalizer, device, config.seed
+            )
             if sampler_state is not None:
                 sampler.load_state_dict(sampler_state)
             model.train()
@@ -229,7 +238,9 @@ def finetune(
             try:  # ODT's loss, NLL − α·entropy + the temperature's: one backward pass and optimizer step train both
                 for _ in range(config.updates_per_iteration):
                     batch = sampler.sample(config.batch_size)
-                    loss, _ = train_step(model, optimizer, scheduler, batch, train_config, loss_fn=stochastic_action_loss)
+                    loss, _ = train_step(
+                        model, optimizer, scheduler, batch, train_config, loss_fn=stochastic_action_loss
+                    )
                     losses.append(loss)
             except Diverged:  # raised before the optimizer step: the weights are still the last finite ones
                 raise DtrlError(

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -75,7 +76,12 @@ def _train(
     env_id, model_config, spec = data.env_id, data.model_config, data.spec
     rank_seed = distributed.rank_seed(config.seed, dist.rank)
     sampler = SegmentSampler(
-        data.dataset, model_config.context_length, config.reward_scale, data.normalizer, device, rank_seed,
+        data.dataset,
+        model_config.context_length,
+        config.reward_scale,
+        data.normalizer,
+        device,
+        rank_seed,
         in_episode=config.in_episode_segments,
     )
     model = build_model(model_config).to(device)
@@ -89,7 +95,9 @@ def _train(
 
     val_error = None
     if data.validation is not None and dist.is_main:
-        val_error = ActionError(data.validation, model_config.context_length, config.reward_scale, data.normalizer, device)
+        val_error = ActionError(
+            data.validation, model_config.context_length, config.reward_scale, data.normalizer, device
+        )
 
     def checkpoint(val_loss: float | None = None) -> Path:
         """Written by rank 0, with every rank's random streams (rank 0's at the top level); with a
@@ -146,7 +154,9 @@ def _train(
                     result.val_losses.append((step, val_loss))
                 resume_tick = time.perf_counter() if val_loss is not None else now  # steps/s counts training only
                 alpha = temperature(model).item() if model_config.stochastic_policy else None
-                metrics = train_metrics(window, scheduler.get_last_lr()[0], float(grad_norm), now - tick, alpha, val_loss)
+                metrics = train_metrics(
+                    window, scheduler.get_last_lr()[0], float(grad_norm), now - tick, alpha, val_loss
+                )
                 logger.log(step, metrics)
                 result.losses.append((step, metrics["train/loss"]))
                 window, tick = [], resume_tick

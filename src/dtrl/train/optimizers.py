@@ -10,7 +10,8 @@ checkpoints and its learning-rate schedule treat them like a single AdamW.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 
@@ -29,7 +30,7 @@ def lamb(params: Iterable[Any], lr: float, weight_decay: float, betas: tuple[flo
     ``|w| / |step|``. ``clamp_value=inf``: ODT does not clamp ``|w|`` (torch-optimizer's default clamps
     it at 10). ``debias=False``: ODT bias-corrects the moments, which the trust ratio cancels except in
     the small weight-decay term; torch-optimizer's ``debias=True`` would instead shrink every early step
-    (``tests/test_odt_faithful.py`` checks the two against each other). ODT's LAMB also clips the global
+    (``tests/train/test_odt_faithful.py`` checks the two against each other). ODT's LAMB also clips the global
     gradient norm at 1.0, a no-op after the training loop's clipping at 0.25.
     """
     try:
@@ -59,7 +60,7 @@ class WithTemperatureOptimizer(torch.optim.Optimizer):
         self.network, self.temperature = network, temperature
         super().__init__(network.param_groups, network.defaults)
 
-    def step(self, closure: Callable[[], float] | None = None) -> None:  # type: ignore[override]
+    def step(self, closure: Callable[[], float] | None = None) -> None:  # type: ignore[override]  # torch types step/state_dict with overloads
         self.network.step()
         self.temperature.step()
 
@@ -67,10 +68,10 @@ class WithTemperatureOptimizer(torch.optim.Optimizer):
         self.network.zero_grad(set_to_none)
         self.temperature.zero_grad(set_to_none)
 
-    def state_dict(self) -> dict[str, Any]:  # type: ignore[override]
+    def state_dict(self) -> dict[str, Any]:  # type: ignore[override]  # torch types step/state_dict with overloads
         return {"network": self.network.state_dict(), "temperature": self.temperature.state_dict()}
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:  # type: ignore[override]
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:  # type: ignore[override]  # torch types step/state_dict with overloads
         if set(state_dict) != {"network", "temperature"}:
             raise DtrlError(
                 "the saved optimizer state has no separate temperature optimizer: continue it with the "

@@ -63,19 +63,23 @@ class RunData:
     validation: EpisodeDataset | None = None
 
     @classmethod
-    def load(cls, config: TrainConfig, resume: bool = False) -> "RunData":
+    def load(cls, config: TrainConfig, resume: bool = False) -> RunData:
         """``resume``: reuse the run's saved validation split rather than draw it. The split is drawn
         from every episode; ``top_fraction`` then keeps the best of the rest."""
         every = open_dataset(config.dataset)
         validation = None
         if config.val_fraction:
-            held_out = validation_split(Path(config.out_dir), every.num_episodes, config.val_fraction, config.seed, resume)
+            held_out = validation_split(
+                Path(config.out_dir), every.num_episodes, config.val_fraction, config.seed, resume
+            )
             every, validation = hold_out(every, held_out)
         dataset = every.top_episodes(config.top_fraction)
         env_id = config.env or dataset.env_id
         if env_id:
             check_env_id(env_id)
-        normalizer = Normalizer.from_dataset(every)  # the paper's %BC: statistics of all training episodes, not the top ones
+        normalizer = Normalizer.from_dataset(
+            every
+        )  # the paper's %BC: statistics of all training episodes, not the top ones
         model_config = model_config_for(dataset, config.model, normalizer)
         spec = PolicySpec(
             model=model_config,
@@ -179,7 +183,11 @@ def evaluate_and_log(
     if config.eval_sample_actions and policy.has_distribution:
         policy.sample_actions(config.seed)
     results = evaluate(
-        policy, data.env_id, data.targets, config.eval_episodes, seed=config.seed,
+        policy,
+        data.env_id,
+        data.targets,
+        config.eval_episodes,
+        seed=config.seed,
         max_episode_steps=config.eval_max_episode_steps or None,
     )
     model.train()

@@ -3,8 +3,9 @@ evaluates, the metrics it logs, and the errors that stop a run (divergence, a fu
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -19,9 +20,8 @@ def finished_checkpoints(run_dirs: Sequence[Path], step: int) -> list[Path] | No
     """The checkpoints of ``step`` that a resumed, already finished run left, one per run directory
     (None unless every one has it): such a run trains no step and writes nothing, so they are its result."""
     found = [latest_checkpoint(d) for d in run_dirs]
-    if all(path is not None and path == checkpoint_path(d, step) for d, path in zip(run_dirs, found)):
-        return found  # type: ignore[return-value]
-    return None
+    finished = [path for d, path in zip(run_dirs, found) if path is not None and path == checkpoint_path(d, step)]
+    return finished if len(finished) == len(run_dirs) else None
 
 
 class Schedule:
@@ -74,7 +74,11 @@ def batch_statistics(batch: Batch) -> str:
             continue  # discrete actions are indices
         finite = torch.isfinite(values)
         good = values[finite].float()
-        text = f"{name} in [{good.min().item():.4g}, {good.max().item():.4g}]" if good.numel() else f"{name} all non-finite"
+        text = (
+            f"{name} in [{good.min().item():.4g}, {good.max().item():.4g}]"
+            if good.numel()
+            else f"{name} all non-finite"
+        )
         if bad := int((~finite).sum()):
             text += f" with {bad} NaN/Inf"
         parts.append(text)
@@ -87,7 +91,9 @@ def last_good_checkpoint(run_dir: Path) -> str:
     return f"the last good checkpoint {ckpt} is intact" if ckpt else "no checkpoint was written yet"
 
 
-def diverged(step: int, loss: Any, grad_norm: Any, batch: Batch, run_dir: Path, who: str = "", batch_of: str = "batch") -> DtrlError:
+def diverged(
+    step: int, loss: Any, grad_norm: Any, batch: Batch, run_dir: Path, who: str = "", batch_of: str = "batch"
+) -> DtrlError:
     """The error for step ``step + 1``, whose loss or gradient norm was not finite: what the batch held
     and where the run stands. ``who`` and ``batch_of`` name the seed of a stack."""
     return DtrlError(

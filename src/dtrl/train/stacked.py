@@ -24,7 +24,7 @@ What is the same as N separate ``dtrl train seed=S`` runs, and what is not:
 * dropout: ``vmap(randomness="different")`` gives each seed its own masks, but
   from one shared random stream, so they are not the masks a separate run
   would draw. With dropout 0 a stacked seed equals a separate run up to float
-  rounding (``tests/test_stacked.py``); with dropout it is an equally valid
+  rounding (``tests/train/test_stacked.py``); with dropout it is an equally valid
   sample of the same training, not a bit-exact copy.
 
 Every seed writes an ordinary run directory ``OUT_DIR/seed_S`` (its
@@ -40,8 +40,9 @@ import dataclasses
 import logging
 import math
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -169,8 +170,18 @@ class StackedRun:
         self.data = RunData.load(config)
         model_config = self.data.model_config
         self.runs = [
-            _Seed(c, SegmentSampler(self.data.dataset, model_config.context_length, config.reward_scale,
-                                    self.data.normalizer, self.device, c.seed, in_episode=config.in_episode_segments))
+            _Seed(
+                c,
+                SegmentSampler(
+                    self.data.dataset,
+                    model_config.context_length,
+                    config.reward_scale,
+                    self.data.normalizer,
+                    self.device,
+                    c.seed,
+                    in_episode=config.in_episode_segments,
+                ),
+            )
             for c in configs
         ]
         models = []
@@ -229,7 +240,9 @@ class StackedRun:
                 "stacked_seeds": self.seeds,
             }
             weights = seed_state_dict(self.stacked, i)
-            paths.append(save_checkpoint(run.run_dir, self.step, spec, weights, state, self.config.keep_checkpoints + 1))
+            paths.append(
+                save_checkpoint(run.run_dir, self.step, spec, weights, state, self.config.keep_checkpoints + 1)
+            )
         for run in self.runs:
             prune_checkpoints(run.run_dir, self.config.keep_checkpoints)
         return paths
@@ -243,12 +256,20 @@ class StackedRun:
 
     def diverged(self, error: Diverged, batch: Batch) -> DtrlError:
         """The error for a step where some seed's loss or gradient norm was not finite."""
-        bad = [i for i, (loss, norm) in enumerate(zip(error.loss, error.grad_norm))
-               if not (math.isfinite(loss) and math.isfinite(norm))]
+        bad = [
+            i
+            for i, (loss, norm) in enumerate(zip(error.loss, error.grad_norm))
+            if not (math.isfinite(loss) and math.isfinite(norm))
+        ]
         i = bad[0]
         return diverged(
-            self.step, error.loss[i], error.grad_norm[i], seed_batch(batch, i), self.runs[i].run_dir,
-            who=f" for seed {', '.join(str(self.seeds[j]) for j in bad)}", batch_of=f"batch of seed {self.seeds[i]}",
+            self.step,
+            error.loss[i],
+            error.grad_norm[i],
+            seed_batch(batch, i),
+            self.runs[i].run_dir,
+            who=f" for seed {', '.join(str(self.seeds[j]) for j in bad)}",
+            batch_of=f"batch of seed {self.seeds[i]}",
         )
 
 

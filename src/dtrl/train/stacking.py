@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -154,6 +155,4 @@ def stacked_train_step(
     config: TrainConfig,
 ) -> tuple[list[float], torch.Tensor]:
     """:func:`dtrl.train.step.train_step` for a stack: per-seed losses and per-seed clipping."""
-    return train_step(
-        stacked, optimizer, scheduler, batch, config, loss_fn=stacked_action_loss, clip_fn=clip_per_seed
-    )
+    return train_step(stacked, optimizer, scheduler, batch, config, loss_fn=stacked_action_loss, clip_fn=clip_per_seed)

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -192,7 +193,7 @@ class CompiledForward:
         if self.compiled is not None:
             try:
                 return self.compiled(*args)
-            except Exception as e:  # noqa: BLE001 (inductor raises many kinds; eager is always correct)
+            except Exception as e:
                 log.warning("torch.compile failed (%s): training in eager mode", str(e).splitlines()[0][:200])
                 self.compiled = None
         return self.eager(*args)

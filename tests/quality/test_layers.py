@@ -10,7 +10,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-SRC = Path(__file__).resolve().parent.parent / "src"
+SRC = Path(__file__).resolve().parents[2] / "src"
 
 # The layers, lowest first: a module may import its own layer and those below it, never above.
 # A name maps a module and, with a trailing ".", every module in that package.
