@@ -100,7 +100,7 @@ def test_snapshot_policies_roll_out_reproducibly():
 
 def test_shipped_quickstart_dataset():
     assert QUICKSTART_PATH.exists(), "run scripts/make_quickstart_dataset.py to build it"
-    assert QUICKSTART_PATH.stat().st_size <= 5 * 2**20
+    assert QUICKSTART_PATH.stat().st_size <= 6 * 2**20  # a few MB in the package
     ds = EpisodeDataset.load(QUICKSTART_PATH)
     assert ds.env_id == "Hopper-v5"
     gym.make(ds.env_id)  # the env it names exists
