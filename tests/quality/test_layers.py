@@ -155,3 +155,20 @@ def test_the_walk_sees_imports_inside_functions_and_type_checking_blocks():
     )
     known = {"dtrl.cli", "dtrl.train", "dtrl.train.step", "dtrl.io"}
     assert imports_of(ast.parse(source), "dtrl.io", False, known) == {"dtrl.cli", "dtrl.train.step"}
+
+
+def test_the_checks_catch_an_upward_arrow_and_a_circle():
+    # main before issue 19 had both: the data commands imported the CLI, and the model and its
+    # decoding cache imported each other
+    edges = {
+        "dtrl.data.commands": {"dtrl.cli", "dtrl.data.readers"},
+        "dtrl.cli": {"dtrl.data.commands"},
+        "dtrl.models.decision_transformer": {"dtrl.models.fast_decode", "dtrl"},
+        "dtrl.models.fast_decode": {"dtrl.models.decision_transformer"},
+        "dtrl.data.readers": {"dtrl.errors"},
+    }
+    assert upward(edges) == [("dtrl.data.commands", "dtrl.cli")]
+    assert circles(edges) == [
+        ["dtrl.cli", "dtrl.data.commands"],
+        ["dtrl.models.decision_transformer", "dtrl.models.fast_decode"],
+    ]
