@@ -13,10 +13,10 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from dtrl.collect.agents import (
+from dtrl.collect.agents import Snapshot
+from dtrl.collect.protocol_agent import (
     PROTOCOL_HYPERPARAMS,
     PROTOCOL_N_ENVS,
-    Snapshot,
     load_snapshot,
     read_replay,
     train_protocol_agent,
