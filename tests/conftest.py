@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import gymnasium as gym
 import numpy as np
@@ -23,6 +24,9 @@ from dtrl.config import ModelConfig, load_config
 from dtrl.data import Episode, EpisodeDataset
 from dtrl.data.normalizer import Normalizer
 from dtrl.data.spaces import space_to_dict
+
+if TYPE_CHECKING:
+    from dtrl.train import TrainResult
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -89,12 +93,8 @@ def pendulum_path(pendulum_dataset: EpisodeDataset, tmp_path_factory: pytest.Tem
 def run20(pendulum_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A finished 20-step run with checkpoints at steps 10 and 20, one per test module; copy it
     before changing it."""
-    from dtrl.train import train
-
     out = tmp_path_factory.mktemp("run20") / "run"
-    train(
-        load_config(None, tiny_overrides(pendulum_path, out) + ["steps=20", "checkpoint_every=10", "eval_episodes=1"])
-    )
+    run(pendulum_path, out, "steps=20", "checkpoint_every=10", "eval_episodes=1")
     return out
 
 
@@ -136,6 +136,14 @@ def tiny_overrides(data: Path, out: Path, steps: int = 40) -> list[str]:
         "reward_scale=100",
         "num_threads=1",
     ]
+
+
+def run(data: Path, out: Path, *extra: str, resume: bool = False, **overrides: Any) -> TrainResult:
+    """A tiny in-process training run (the settings of :func:`tiny_overrides` plus ``extra``)."""
+    from dtrl.train import train
+
+    cfg = load_config(None, tiny_overrides(data, out) + list(extra))
+    return train(cfg, resume=resume, overrides={"steps": cfg.steps, **overrides} if resume else None)
 
 
 @pytest.fixture(autouse=True)

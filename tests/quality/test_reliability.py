@@ -27,7 +27,7 @@ import pytest
 import torch
 
 import dtrl.train.step as train_module
-from conftest import tiny_overrides
+from conftest import run, tiny_overrides
 from dtrl.checkpoint import latest_checkpoint, load_policy_files
 from dtrl.config import load_config
 from dtrl.data import Episode, EpisodeDataset
@@ -42,12 +42,6 @@ ENOSPC = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
 
 # --------------------------------------------------------------------------- helpers
-def run(data: Path, out: Path, *extra: str, resume: bool = False, **overrides: Any) -> TrainResult:
-    """A tiny in-process training run (tests/conftest.py's settings plus ``extra``)."""
-    cfg = load_config(None, tiny_overrides(data, out) + list(extra))
-    return train(cfg, resume=resume, overrides={"steps": cfg.steps, **overrides} if resume else None)
-
-
 def cli(capsys: pytest.CaptureFixture[str], *args: str | Path) -> tuple[int, str, str]:
     """Run ``dtrl ARGS`` through the CLI's entry point in this process: (exit code, stdout, stderr)."""
     from dtrl.cli import main

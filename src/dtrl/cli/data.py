@@ -186,14 +186,11 @@ def export(
     if out is not None:
         out = check_dataset_output(out, "--out", source, force, native=format == "npz", directory=format == "minari")
     dataset = open_dataset(source)
-    if format == "d4rl":
-        assert out is not None
-        written = write_d4rl(dataset, out)
-    elif format == "npz":
-        assert out is not None
-        written = dataset.save(out)
-    else:
+    if format == "minari":
         written = write_minari(dataset, out)
+    else:
+        assert out is not None  # refused above for the file formats
+        written = write_d4rl(dataset, out) if format == "d4rl" else dataset.save(out)
     console.print(
         f"wrote {written} ({dataset.num_episodes} episodes, {len(dataset)} transitions)",
         soft_wrap=True,
