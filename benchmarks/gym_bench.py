@@ -12,7 +12,8 @@ that MLP on the best episodes holding ``--pbc-fraction`` (10%) of the timesteps 
 paper's ``pct_traj``). ``tbc``: BC with DT's transformer trained without return tokens
 (``model.condition_on_return=false``; the paper's Atari BC), which isolates what the returns add.
 ``cql`` / ``iql``: d3rlpy with its published D4RL settings, fed the very same episodes
-(``d3rlpy_adapter.py``; ``pip install -e ".[bench]"``). The variants (docs/variants.md) differ from
+(``d3rlpy_adapter.py``; ``pip install -e ".[bench]"``). ``dt-d3rlpy``, the fidelity peer (not run by
+default): d3rlpy's DecisionTransformer given ``dt``'s recipe at the budget, conditioned on the same target. The variants (docs/variants.md) differ from
 ``dt`` in what defines them: ``dc``, Decision ConvFormer, is ``model.token_mixer=conv``; ``odt``, Online
 DT, is ``dt``'s network and budget with ODT's method settings (``ODT_SETTINGS``: stochastic head, no timestep
 embedding, 5-step acting context, LAMB, the temperature's own Adam), then fine-tuned online by
@@ -33,7 +34,9 @@ episodes; Online DT then 200k online environment steps with ODT's 300 updates of
 rollout). ``cpu-reduced``: few steps and a smaller DT (2 layers, width 64, learning rate
 1e-3, warm-up 10% of the steps) for 2 shared CPU cores, and 5,000 online steps with 20 updates of
 batch 64 per rollout; its numbers are a demonstration of the harness, never the paper's protocol,
-and the report says so.
+and the report says so. ``cpu``: issue 17's recipe for 2 CPU cores (the small DT with a cosine decay,
+15k steps, 10 curve points of 10 episodes, the final score on 50), chosen from learning curves on
+training seeds 100 and up; each row also records its training time alone (``train_s``).
 
 Every finished (method, dataset, seed, budget, steps[, online steps]) cell is one line (two for
 ``odt``) appended atomically to ``results/gym.csv``; a rerun skips finished cells, so a killed run
@@ -81,20 +84,21 @@ from dtrl.train import train
 from dtrl.train.finetune import finetune
 from dtrl.train.stacked import train_stacked
 
-METHODS = ("dt", "bc", "pbc", "tbc", "cql", "iql", "dc", "odt")
+METHODS = ("dt", "bc", "pbc", "tbc", "dt-d3rlpy", "cql", "iql", "dc", "odt")
 DT_FAMILY = ("dt", "bc", "pbc", "tbc", "dc", "odt")
-"""The methods dtrl trains (CQL and IQL are d3rlpy's)."""
+"""The methods dtrl trains (CQL, IQL and the fidelity peer ``dt-d3rlpy`` are d3rlpy's)."""
 STACKABLE = ("dt", "bc", "pbc", "tbc", "dc")
 """The ones ``--stack-seeds`` stacks: ``odt`` trains with LAMB, whose per-tensor trust ratio a stack cannot share."""
 ODT_ONLINE = "odt-online"
 """The row an ``odt`` cell adds for the fine-tuned policy (a stage, not a method to ask for)."""
 STAGES = (*METHODS, ODT_ONLINE)
 VARIANTS = ("dc", "odt", ODT_ONLINE)
-EXTRA_BASELINES = ("tbc",)
-"""Baselines of dtrl's own, not in the paper's gym table."""
+EXTRA_BASELINES = ("tbc", "dt-d3rlpy")
+"""Baselines of dtrl's own and the fidelity peer, not in the paper's gym table."""
 LABELS = {
     "dt": "DT", "bc": "BC (MLP)", "pbc": "%BC (MLP)", "tbc": "BC (transformer, no returns)", "cql": "CQL (d3rlpy)",
     "iql": "IQL (d3rlpy)", "dc": "Decision ConvFormer", "odt": "ODT offline", ODT_ONLINE: "ODT online",
+    "dt-d3rlpy": "DT (d3rlpy)",
 }  # fmt: skip
 ODT_SETTINGS = [
     "model.stochastic_policy=true", "model.timestep_embedding=none", "model.eval_context_length=5",
@@ -120,7 +124,7 @@ EVAL_SEED = 1_000_000
 COLUMNS = [
     "method", "dataset", "env_id", "seed", "budget", "steps", "eval_seed", "episodes", "target_return",
     "return_mean", "return_std", "score_mean", "score_std", "curve", "calibration", "dataset_best_return",
-    "train_eval_s", "online_steps", "settings", "device",
+    "train_eval_s", "online_steps", "settings", "device", "train_s",
 ]  # fmt: skip
 MISSING = "—"
 CSV_FILE = "gym.csv"
@@ -150,14 +154,20 @@ PUBLISHED_VARIANTS: dict[str, dict[str, float | None]] = {
 
 @dataclass(frozen=True)
 class Budget:
-    """Steps and evaluation effort of one protocol; ``small_dt`` shrinks the DT family for CPUs."""
+    """Steps and evaluation effort of one protocol, and the DT family's size for it."""
 
     steps: int
     eval_points: int
     episodes: int
+    """Evaluation episodes at each point of the learning curve."""
     calibration_points: int
     calibration_episodes: int
-    small_dt: bool
+    dt_settings: tuple[str, ...] = ()
+    """The DT family's overrides of dtrl's paper defaults at this budget (empty: the paper's config)."""
+    warmup_fraction: float = 0.0
+    """Warm-up as a share of the steps (0: the paper's 10,000 steps)."""
+    final_episodes: int = 0
+    """Episodes of the last evaluation, the reported score (0: ``episodes``)."""
     online_steps: int = 5_000
     """Online DT: environment steps collected online (``--online-steps`` overrides)."""
     online_updates: int = 20
@@ -165,23 +175,36 @@ class Budget:
     online_batch_size: int = 64
     """Online DT: segments per online gradient step (ODT: 256)."""
 
+    def episodes_at(self, point: int) -> int:
+        """Evaluation episodes at curve point ``point`` (1-based; the last is the final score)."""
+        return (self.final_episodes or self.episodes) if point == self.eval_points else self.episodes
 
+
+SMALL_DT = ("model.n_layer=2", "model.n_embd=64", "learning_rate=1e-3")
 BUDGETS = {
     "full": Budget(
-        100_000, 10, 100, 10, 10, small_dt=False, online_steps=200_000, online_updates=300, online_batch_size=256
+        100_000, 10, 100, 10, 10, online_steps=200_000, online_updates=300, online_batch_size=256
     ),
-    "cpu-reduced": Budget(200, 2, 10, 6, 5, small_dt=True, online_steps=5_000, online_updates=20, online_batch_size=64),
-}
+    "cpu-reduced": Budget(
+        200, 2, 10, 6, 5, SMALL_DT, warmup_fraction=0.1, online_steps=5_000, online_updates=20, online_batch_size=64
+    ),
+    "cpu": Budget(
+        15_000, 10, 10, 8, 10, (*SMALL_DT, "lr_decay=cosine"), warmup_fraction=0.1, final_episodes=50,
+        online_steps=5_000, online_updates=20, online_batch_size=64,
+    ),
+}  # fmt: skip
+"""``cpu``: issue 17's 2-core recipe, chosen from learning curves on training seeds 100+ (gym_recipe.md)."""
 
 
 def dt_overrides(method: str, budget: Budget, steps: int, pbc_fraction: float) -> list[str]:
     """The DT family's config on top of dtrl's paper defaults: BC is the MLP (or the transformer without
-    returns), the variants change one model setting each."""
+    returns), the variants change one model setting each, the budget sizes the network."""
     out = list(VARIANT_SETTING.get(method, []))
     if method == "pbc":
         out.append(f"top_fraction={pbc_fraction}")
-    if budget.small_dt:
-        out += ["model.n_layer=2", "model.n_embd=64", "learning_rate=1e-3", f"warmup_steps={max(1, steps // 10)}"]
+    out += budget.dt_settings
+    if budget.warmup_fraction:
+        out.append(f"warmup_steps={max(1, round(steps * budget.warmup_fraction))}")
     return out
 
 
@@ -199,9 +222,10 @@ def _curve_text(curve: list[tuple[int, EvalResult]]) -> str:
 def run_dt_family(
     method: str, name: str, dataset: EpisodeDataset, seeds: list[int], budget: Budget, steps: int, target: float,
     run_dir: Path, device: str, threads: int, pbc_fraction: float, stacked: bool = False,
-) -> dict[int, tuple[list[tuple[int, EvalResult]], str, Path]]:  # fmt: skip
+) -> dict[int, tuple[list[tuple[int, EvalResult]], str, Path, float]]:  # fmt: skip
     """Train in ``eval_points`` chunks (bit-exact resumes), evaluating each seed's policy at ``target`` after
-    each one: per seed its curve, DT's calibration sweep and its run directory. One seed trains in ``run_dir``;
+    each one: per seed its curve, DT's calibration sweep, its run directory and its training seconds (checkpoints
+    included, evaluation not). One seed trains in ``run_dir``;
     ``stacked``, all ``seeds`` train together in one process (``dtrl.train.stacked``), seed S in ``run_dir/seed_S``."""
     if len(seeds) != 1 and not stacked:
         raise ValueError(f"seeds {seeds}: several seeds train only stacked")
@@ -215,16 +239,20 @@ def run_dt_family(
         ],
     )  # fmt: skip
     curves: dict[int, list[tuple[int, EvalResult]]] = {seed: [] for seed in seeds}
+    training = 0.0
     for k in range(1, budget.eval_points + 1):
         overrides = {"steps": k * chunk}
+        tick = time.perf_counter()
         if stacked:
             results = train_stacked(config, seeds, resume=k > 1, overrides=overrides)
         else:
             results = [train(config, resume=k > 1, overrides=overrides)]
+        training += time.perf_counter() - tick
         policies = {seed: dtrl.load(result.checkpoint, device=device) for seed, result in zip(seeds, results)}
         for seed, policy in policies.items():
             env_id = policy.spec.env_id or dataset.env_id
-            curves[seed].append((k * chunk, evaluate(policy, env_id, [target], budget.episodes, seed=EVAL_SEED)[0]))
+            episodes = budget.episodes_at(k)
+            curves[seed].append((k * chunk, evaluate(policy, env_id, [target], episodes, seed=EVAL_SEED)[0]))
     out = {}
     for seed, result in zip(seeds, results):
         calibration = ""
@@ -235,7 +263,7 @@ def run_dt_family(
             calibration = " ".join(
                 f"{r['target_return']:.1f}:{r['return_mean']:.1f}:{r['return_std']:.1f}" for r in report["results"]
             )
-        out[seed] = (curves[seed], calibration, Path(result.run_dir))
+        out[seed] = (curves[seed], calibration, Path(result.run_dir), training / len(seeds))
     return out
 
 
@@ -247,7 +275,8 @@ def run_online(
     target as every method) keyed by environment steps, and the wall time."""
     config = FinetuneConfig(
         steps=online_steps, out_dir=str(out_dir), eval_target=target, updates_per_iteration=budget.online_updates,
-        batch_size=budget.online_batch_size, eval_episodes=budget.episodes, seed=seed, eval_seed=EVAL_SEED,
+        batch_size=budget.online_batch_size, eval_episodes=budget.episodes_at(budget.eval_points), seed=seed,
+        eval_seed=EVAL_SEED,
         device=device, continue_optimizer=True,
     )  # fmt: skip
     shutil.rmtree(out_dir, ignore_errors=True)
@@ -276,7 +305,7 @@ def run_cells(
     online = (online_steps or budget.online_steps) if method == "odt" else 0
 
     def row(stage: str, seed: int, curve: list[tuple[int, EvalResult]], seconds: float, target: float,
-            calibration: str = "") -> dict[str, Any]:  # fmt: skip
+            calibration: str = "", training: float | None = None) -> dict[str, Any]:  # fmt: skip
         final = curve[-1][1]
         score = _score(final)
         return {
@@ -286,28 +315,34 @@ def run_cells(
             "score_std": f"{score[1]:.3f}", "curve": _curve_text(curve), "calibration": calibration,
             "dataset_best_return": f"{dataset.episode_returns.max():.1f}", "train_eval_s": f"{seconds:.1f}",
             "online_steps": online or "", "settings": _settings(method), "device": device,
+            "train_s": "" if training is None else f"{training:.1f}",
         }  # fmt: skip
 
     tick = time.perf_counter()
-    if method in ("cql", "iql"):
+    target = float(dataset.episode_returns.max())  # the DT family's: the best return in the data
+    if method in ("cql", "iql", "dt-d3rlpy"):
         from d3rlpy_adapter import train_and_evaluate
 
         (seed,) = seeds
-        curve = train_and_evaluate(
-            method, dataset, env_id, steps, budget.eval_points, budget.episodes, EVAL_SEED, seed, device
-        )
-        yield [row(method, seed, curve, time.perf_counter() - tick, float("nan"))]
+        recipe = None
+        if method == "dt-d3rlpy":  # the fidelity peer: dt's recipe at this budget, in d3rlpy
+            recipe = load_config(None, [f"dataset={name}", f"steps={steps}", *dt_overrides("dt", budget, steps, 0.0)])
+        curve, training = train_and_evaluate(
+            method, dataset, env_id, steps, budget.eval_points, budget.episodes, EVAL_SEED, seed, device,
+            final_episodes=budget.episodes_at(budget.eval_points), dt_config=recipe, target=target,
+        )  # fmt: skip
+        peer_target = target if method == "dt-d3rlpy" else float("nan")
+        yield [row(method, seed, curve, time.perf_counter() - tick, peer_target, training=training)]
         return
     tag = "_".join(map(str, seeds))
     run_dir = work / f"{method}-{Path(name).stem}-s{tag}-{budget_name}-{steps}{'-stacked' if stacked else ''}"
     shutil.rmtree(run_dir, ignore_errors=True)  # a cell cut short restarts from its beginning
-    target = float(dataset.episode_returns.max())  # the DT family's: the best return in the data
     trained = run_dt_family(
         method, name, dataset, seeds, budget, steps, target, run_dir, device, threads, pbc_fraction, stacked
     )
     seconds = (time.perf_counter() - tick) / len(seeds)
-    for seed, (curve, calibration, seed_dir) in trained.items():
-        rows = [row(method, seed, curve, seconds, target, calibration)]
+    for seed, (curve, calibration, seed_dir, training) in trained.items():
+        rows = [row(method, seed, curve, seconds, target, calibration, training)]
         if method == "odt":
             online_dir = seed_dir.with_name(f"{seed_dir.name}-online-{online}")
             online_curve, online_seconds = run_online(
@@ -731,8 +766,10 @@ def report(out: Path) -> Path:
         "actions conditioned on twice the target, hindsight-relabelled replay of 1000 trajectories starting from the "
         "dataset's best, the pre-training optimiser and schedule continued, as ODT) and evaluated again on the same "
         "seeds; the learning-curve figure shows its offline training only.",
-        "* Budgets: " + "; ".join(f"`{n}`: {b.steps:,} steps, {b.eval_points} evaluation points, {b.episodes} episodes"
-                                  + (", DT family 2 layers / width 64 / lr 1e-3 / warm-up 10%" if b.small_dt else ", DT at the paper's config")
+        "* Budgets: " + "; ".join(f"`{n}`: {b.steps:,} steps, {b.eval_points} evaluation points of {b.episodes} episodes "
+                                  f"(the last {b.episodes_at(b.eval_points)})"
+                                  + (f", DT family `{' '.join(b.dt_settings)}`" if b.dt_settings else ", DT at the paper's config")
+                                  + (f", warm-up {b.warmup_fraction:.0%} of the steps" if b.warmup_fraction else "")
                                   + f", Online DT {b.online_steps:,} online steps with {b.online_updates} updates of batch "
                                   f"{b.online_batch_size} per rollout"
                                   for n, b in BUDGETS.items()) + ".",
@@ -781,7 +818,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--budget", choices=sorted(BUDGETS), default="cpu-reduced")
     p.add_argument("--steps", type=int, default=0, help="gradient steps per run (default: the budget's)")
     p.add_argument("--datasets", type=lambda s: [d for d in s.split(",") if d], default=PAPER_DATASETS)
-    p.add_argument("--methods", type=_methods, default=list(METHODS))
+    p.add_argument(
+        "--methods", type=_methods, default=[m for m in METHODS if m != "dt-d3rlpy"],
+        help="default: all but the fidelity peer dt-d3rlpy",
+    )  # fmt: skip
     p.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[0, 1, 2])
     p.add_argument(
         "--pbc-fraction",

@@ -71,7 +71,7 @@ def test_tiny_run_writes_csv_report_and_resumes(
     tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:
     bench = _bench()
-    monkeypatch.setitem(bench.BUDGETS, "cpu-reduced", bench.Budget(8, 2, 2, 3, 1, small_dt=True))
+    monkeypatch.setitem(bench.BUDGETS, "cpu-reduced", bench.Budget(8, 2, 2, 3, 1, bench.SMALL_DT, warmup_fraction=0.1))
     methods = "dt,cql" if HAS_D3RLPY else "dt,bc"
     out = tmp_path / "results"
     _run(bench, tiny_dataset, out, methods)
@@ -115,7 +115,9 @@ def test_variants_write_offline_and_online_rows_and_the_report_compares_them(
     reach_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:
     bench = _bench()
-    tiny = bench.Budget(8, 2, 2, 3, 1, small_dt=True, online_steps=1000, online_updates=2, online_batch_size=8)
+    tiny = bench.Budget(
+        8, 2, 2, 3, 1, bench.SMALL_DT, warmup_fraction=0.1, online_steps=1000, online_updates=2, online_batch_size=8
+    )
     monkeypatch.setitem(bench.BUDGETS, "cpu-reduced", tiny)
     out = tmp_path / "results"
     _run(bench, reach_path, out, "dt,dc,odt", "--online-steps", "30")
@@ -154,7 +156,7 @@ def test_variants_write_offline_and_online_rows_and_the_report_compares_them(
 
 def test_report_reads_and_upgrade_keeps_a_csv_written_before_the_variants(tmp_path: Path) -> None:
     bench = _bench()
-    old_columns = [c for c in bench.COLUMNS if c not in ("online_steps", "settings")]
+    old_columns = [c for c in bench.COLUMNS if c not in ("online_steps", "settings", "train_s")]
     row = {
         "method": "dt", "dataset": "pendulum-tiny", "env_id": "Pendulum-v1", "seed": "0", "budget": "cpu-reduced",
         "steps": "8", "eval_seed": str(bench.EVAL_SEED), "episodes": "2", "target_return": "-100.0",
@@ -174,14 +176,14 @@ def test_report_reads_and_upgrade_keeps_a_csv_written_before_the_variants(tmp_pa
     assert "* pendulum-tiny: Decision ConvFormer not run; ODT offline not run; ODT online not run." in report
     bench.upgrade_csv(csv_path)
     assert csv_path.read_text().splitlines()[0] == ",".join(bench.COLUMNS)
-    assert bench.read_rows(csv_path) == [{**row, "online_steps": "", "settings": ""}]
+    assert bench.read_rows(csv_path) == [{**row, "online_steps": "", "settings": "", "train_s": ""}]
 
 
 def test_stack_seeds_trains_the_missing_seeds_together_with_the_rows_of_separate_runs(
     reach_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:
     bench = _bench()
-    monkeypatch.setitem(bench.BUDGETS, "cpu-reduced", bench.Budget(8, 2, 2, 3, 1, small_dt=True))
+    monkeypatch.setitem(bench.BUDGETS, "cpu-reduced", bench.Budget(8, 2, 2, 3, 1, bench.SMALL_DT, warmup_fraction=0.1))
     dt_overrides = bench.dt_overrides  # dropout 0: a stacked seed then equals its separate run up to float rounding
     monkeypatch.setattr(bench, "dt_overrides", lambda *a: [*dt_overrides(*a), "model.dropout=0"])
     plain, stacked = tmp_path / "plain", tmp_path / "stacked"
@@ -238,7 +240,7 @@ def test_baselines_are_the_papers_mlp_and_the_transformer_without_returns(
 ) -> None:
     """bc and pbc train the MLP (pbc on the top timesteps), tbc the transformer without returns; seeds stacked."""
     bench = _bench()
-    monkeypatch.setitem(bench.BUDGETS, "cpu-reduced", bench.Budget(8, 2, 2, 3, 1, small_dt=True))
+    monkeypatch.setitem(bench.BUDGETS, "cpu-reduced", bench.Budget(8, 2, 2, 3, 1, bench.SMALL_DT, warmup_fraction=0.1))
     out = tmp_path / "results"
     _run(bench, tiny_dataset, out, "bc,pbc,tbc", "--seeds", "0,1", "--stack-seeds", "--pbc-fraction", "0.5")
     rows = bench.read_rows(out / bench.CSV_FILE)
@@ -250,3 +252,44 @@ def test_baselines_are_the_papers_mlp_and_the_transformer_without_returns(
     assert specs["pbc"].dataset == "pendulum-tiny-top0.5" and specs["bc"].dataset == "pendulum-tiny"
     header = next(line for line in (out / "gym.md").read_text().splitlines() if line.startswith("| dataset |"))
     assert header.split(" | ")[1:] == ["BC (MLP)", "%BC (MLP)", "BC (transformer, no returns) |"]
+
+
+@needs_d3rlpy
+def test_d3rlpy_dt_takes_dtrls_recipe_and_runs_the_same_protocol(
+    tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+
+    from d3rlpy_adapter import make_dt
+    from dtrl.config import load_config
+    from dtrl.train.step import learning_rate_factor
+
+    bench = _bench()
+    data = EpisodeDataset.load(tiny_dataset)
+    config = load_config(None, ["model.n_layer=2", "model.n_embd=32", "model.context_length=5", "batch_size=16",
+                                "learning_rate=1e-3", "warmup_steps=3", "lr_decay=cosine", "steps=12",
+                                "model.dropout=0.2"])  # fmt: skip
+    c = make_dt(data, config, "cpu").config
+    assert (c.context_size, c.num_layers, c.num_heads, c.batch_size, c.learning_rate) == (5, 2, 1, 16, 1e-3)
+    assert (c.attn_dropout, c.resid_dropout, c.embed_dropout, c.activation_type) == (0.2, 0.2, 0.2, "relu")
+    assert c.encoder_factory.hidden_units == [32] and c.optim_factory.clip_grad_norm == 0.25
+    assert c.reward_scaler.multiplier == 1e-3 and c.optim_factory.weight_decay == 1e-4
+    weight = torch.nn.Parameter(torch.zeros(1))
+    optim = torch.optim.SGD([weight], lr=1.0)
+    schedule = c.optim_factory.lr_scheduler_factory.create(optim)
+    rates = []
+    for _ in range(12):
+        rates.append(optim.param_groups[0]["lr"])
+        optim.step()
+        schedule.step()
+    assert rates == pytest.approx([learning_rate_factor(step, config) for step in range(12)])  # dtrl's own schedule
+
+    monkeypatch.setitem(bench.BUDGETS, "cpu-reduced", bench.Budget(8, 2, 2, 3, 1, bench.SMALL_DT, final_episodes=3))
+    out = tmp_path / "results"
+    _run(bench, tiny_dataset, out, "dt,dt-d3rlpy")
+    rows = {r["method"]: r for r in bench.read_rows(out / bench.CSV_FILE)}
+    assert rows["dt-d3rlpy"]["target_return"] == rows["dt"]["target_return"]  # conditioned on the same target
+    for r in rows.values():
+        assert int(r["episodes"]) == 3 and float(r["train_s"]) > 0  # the last point's episodes; training timed
+        assert [p[0] for p in bench._pairs(r["curve"])] == [4.0, 8.0]
+    assert "DT (d3rlpy)" in (out / "gym.md").read_text()
