@@ -15,6 +15,8 @@ from dtrl.data import EpisodeDataset
 
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
+import gym_protocol as proto
+
 HAS_D3RLPY = importlib.util.find_spec("d3rlpy") is not None
 needs_d3rlpy = pytest.mark.skipif(not HAS_D3RLPY, reason='d3rlpy is not installed (pip install -e ".[bench]")')
 
@@ -71,7 +73,7 @@ def test_tiny_run_writes_csv_report_and_resumes(
     tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:
     bench = _bench()
-    monkeypatch.setitem(bench.BUDGETS, "cpu-reduced", bench.Budget(8, 2, 2, 3, 1, bench.SMALL_DT, warmup_fraction=0.1))
+    monkeypatch.setitem(proto.BUDGETS, "cpu-reduced", proto.Budget(8, 2, 2, 3, 1, proto.SMALL_DT, warmup_fraction=0.1))
     methods = "dt,cql" if HAS_D3RLPY else "dt,bc"
     out = tmp_path / "results"
     _run(bench, tiny_dataset, out, methods)
@@ -80,12 +82,12 @@ def test_tiny_run_writes_csv_report_and_resumes(
         (m, "pendulum-tiny", "0", "8") for m in methods.split(",")
     ]
     for r in rows:
-        assert [p[0] for p in bench._pairs(r["curve"])] == [4.0, 8.0]  # evaluated at both points
+        assert [p[0] for p in proto._pairs(r["curve"])] == [4.0, 8.0]  # evaluated at both points
         assert int(r["eval_seed"]) == bench.EVAL_SEED and int(r["episodes"]) == 2
-    assert len(bench._pairs(rows[0]["calibration"])) == 3  # DT's target sweep
+    assert len(proto._pairs(rows[0]["calibration"])) == 3  # DT's target sweep
     report = (out / "gym.md").read_text()
     assert "Reduced budget" in report and "pendulum-tiny" in report
-    assert (out / bench.CURVES_PNG).stat().st_size > 0 and (out / bench.CALIBRATION_PNG).stat().st_size > 0
+    assert (out / proto.CURVES_PNG).stat().st_size > 0 and (out / proto.CALIBRATION_PNG).stat().st_size > 0
 
     _run(bench, tiny_dataset, out, methods)  # everything is done: nothing reruns, nothing is appended
     assert len(bench.read_rows(out / bench.CSV_FILE)) == 2
@@ -115,10 +117,10 @@ def test_variants_write_offline_and_online_rows_and_the_report_compares_them(
     reach_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:
     bench = _bench()
-    tiny = bench.Budget(
-        8, 2, 2, 3, 1, bench.SMALL_DT, warmup_fraction=0.1, online_steps=1000, online_updates=2, online_batch_size=8
+    tiny = proto.Budget(
+        8, 2, 2, 3, 1, proto.SMALL_DT, warmup_fraction=0.1, online_steps=1000, online_updates=2, online_batch_size=8
     )
-    monkeypatch.setitem(bench.BUDGETS, "cpu-reduced", tiny)
+    monkeypatch.setitem(proto.BUDGETS, "cpu-reduced", tiny)
     out = tmp_path / "results"
     _run(bench, reach_path, out, "dt,dc,odt", "--online-steps", "30")
     rows = bench.read_rows(out / bench.CSV_FILE)
@@ -129,10 +131,10 @@ def test_variants_write_offline_and_online_rows_and_the_report_compares_them(
     for r in rows:  # one protocol: same evaluation seeds, episodes and target for every method and stage
         assert int(r["eval_seed"]) == bench.EVAL_SEED and int(r["episodes"]) == 2
         assert r["target_return"] == by_method["dt"]["target_return"]
-    online_curve = bench._pairs(by_method["odt-online"]["curve"])
+    online_curve = proto._pairs(by_method["odt-online"]["curve"])
     assert [p[0] for p in online_curve] == [0.0, 30.0]  # environment steps: before and after fine-tuning
     # fine-tuning re-measures the offline policy on the same seeds: the offline row's final score
-    assert online_curve[0][1] == pytest.approx(bench._pairs(by_method["odt"]["curve"])[-1][1], abs=1e-3)
+    assert online_curve[0][1] == pytest.approx(proto._pairs(by_method["odt"]["curve"])[-1][1], abs=1e-3)
     work = out / "runs"
     assert load_policy_files(work / "dc-reach-tiny-s0-cpu-reduced-8")[0].model.token_mixer == "conv"
     assert load_policy_files(work / "odt-reach-tiny-s0-cpu-reduced-8")[0].model.stochastic_policy
@@ -156,7 +158,7 @@ def test_variants_write_offline_and_online_rows_and_the_report_compares_them(
 
 def test_report_reads_and_upgrade_keeps_a_csv_written_before_the_variants(tmp_path: Path) -> None:
     bench = _bench()
-    old_columns = [c for c in bench.COLUMNS if c not in ("online_steps", "settings", "train_s")]
+    old_columns = [c for c in proto.COLUMNS if c not in ("online_steps", "settings", "train_s")]
     row = {
         "method": "dt", "dataset": "pendulum-tiny", "env_id": "Pendulum-v1", "seed": "0", "budget": "cpu-reduced",
         "steps": "8", "eval_seed": str(bench.EVAL_SEED), "episodes": "2", "target_return": "-100.0",
@@ -175,7 +177,7 @@ def test_report_reads_and_upgrade_keeps_a_csv_written_before_the_variants(tmp_pa
     )
     assert "* pendulum-tiny: Decision ConvFormer not run; ODT offline not run; ODT online not run." in report
     bench.upgrade_csv(csv_path)
-    assert csv_path.read_text().splitlines()[0] == ",".join(bench.COLUMNS)
+    assert csv_path.read_text().splitlines()[0] == ",".join(proto.COLUMNS)
     assert bench.read_rows(csv_path) == [{**row, "online_steps": "", "settings": "", "train_s": ""}]
 
 
@@ -183,7 +185,7 @@ def test_stack_seeds_trains_the_missing_seeds_together_with_the_rows_of_separate
     reach_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:
     bench = _bench()
-    monkeypatch.setitem(bench.BUDGETS, "cpu-reduced", bench.Budget(8, 2, 2, 3, 1, bench.SMALL_DT, warmup_fraction=0.1))
+    monkeypatch.setitem(proto.BUDGETS, "cpu-reduced", proto.Budget(8, 2, 2, 3, 1, proto.SMALL_DT, warmup_fraction=0.1))
     dt_overrides = bench.dt_overrides  # dropout 0: a stacked seed then equals its separate run up to float rounding
     monkeypatch.setattr(bench, "dt_overrides", lambda *a: [*dt_overrides(*a), "model.dropout=0"])
     plain, stacked = tmp_path / "plain", tmp_path / "stacked"
@@ -199,14 +201,14 @@ def test_stack_seeds_trains_the_missing_seeds_together_with_the_rows_of_separate
     assert sorted(p.name for p in group.iterdir()) == ["seed_1", "seed_2"]  # ordinary run dirs, one per seed
     assert json.loads((stacked / bench.RUNS_LOG).read_text().splitlines()[-1])["stacked"] == ["dt"]
     ours, theirs = rows[1], separate["1"]
-    assert [p[0] for p in bench._pairs(ours["curve"])] == [4.0, 8.0]
-    assert len(bench._pairs(ours["calibration"])) == 3
+    assert [p[0] for p in proto._pairs(ours["curve"])] == [4.0, 8.0]
+    assert len(proto._pairs(ours["calibration"])) == 3
     for column in ("target_return", "eval_seed", "episodes", "dataset_best_return", "online_steps"):
         assert ours[column] == theirs[column]
     for column in ("return_mean", "return_std", "score_mean"):
         assert float(ours[column]) == pytest.approx(float(theirs[column]), abs=0.02)
     for column in ("curve", "calibration"):
-        np.testing.assert_allclose(bench._pairs(ours[column]), bench._pairs(theirs[column]), atol=0.11)
+        np.testing.assert_allclose(proto._pairs(ours[column]), proto._pairs(theirs[column]), atol=0.11)
 
 
 def test_rows_of_the_earlier_online_dt_are_marked_then_replaced_not_mixed(tmp_path: Path) -> None:
@@ -220,7 +222,7 @@ def test_rows_of_the_earlier_online_dt_are_marked_then_replaced_not_mixed(tmp_pa
 
     def rows(score: str, settings: str) -> list[dict[str, str]]:
         return [{**base, "method": m, "score_mean": score, "curve": f"4:0.1 8:{score}", "settings": settings}
-                for m in bench.ODT_STAGES]  # fmt: skip
+                for m in proto.ODT_STAGES]  # fmt: skip
 
     out = tmp_path / "results"
     bench.append_rows(out / bench.CSV_FILE, [{**base, "method": "dt", "online_steps": "", "score_mean": "0.500",
@@ -240,7 +242,7 @@ def test_baselines_are_the_papers_mlp_and_the_transformer_without_returns(
 ) -> None:
     """bc and pbc train the MLP (pbc on the top timesteps), tbc the transformer without returns; seeds stacked."""
     bench = _bench()
-    monkeypatch.setitem(bench.BUDGETS, "cpu-reduced", bench.Budget(8, 2, 2, 3, 1, bench.SMALL_DT, warmup_fraction=0.1))
+    monkeypatch.setitem(proto.BUDGETS, "cpu-reduced", proto.Budget(8, 2, 2, 3, 1, proto.SMALL_DT, warmup_fraction=0.1))
     out = tmp_path / "results"
     _run(bench, tiny_dataset, out, "bc,pbc,tbc", "--seeds", "0,1", "--stack-seeds", "--pbc-fraction", "0.5")
     rows = bench.read_rows(out / bench.CSV_FILE)
@@ -284,12 +286,12 @@ def test_d3rlpy_dt_takes_dtrls_recipe_and_runs_the_same_protocol(
         schedule.step()
     assert rates == pytest.approx([learning_rate_factor(step, config) for step in range(12)])  # dtrl's own schedule
 
-    monkeypatch.setitem(bench.BUDGETS, "cpu-reduced", bench.Budget(8, 2, 2, 3, 1, bench.SMALL_DT, final_episodes=3))
+    monkeypatch.setitem(proto.BUDGETS, "cpu-reduced", proto.Budget(8, 2, 2, 3, 1, proto.SMALL_DT, final_episodes=3))
     out = tmp_path / "results"
     _run(bench, tiny_dataset, out, "dt,dt-d3rlpy")
     rows = {r["method"]: r for r in bench.read_rows(out / bench.CSV_FILE)}
     assert rows["dt-d3rlpy"]["target_return"] == rows["dt"]["target_return"]  # conditioned on the same target
     for r in rows.values():
         assert int(r["episodes"]) == 3 and float(r["train_s"]) > 0  # the last point's episodes; training timed
-        assert [p[0] for p in bench._pairs(r["curve"])] == [4.0, 8.0]
+        assert [p[0] for p in proto._pairs(r["curve"])] == [4.0, 8.0]
     assert "DT (d3rlpy)" in (out / "gym.md").read_text()
