@@ -4,18 +4,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from dtrl.errors import DtrlError
 from dtrl.io import atomic_write
-from dtrl.plot import plot_seeds, save_figure
+from gym_plots import plot_calibration, plot_curves
 from gym_protocol import (
     BUDGETS,
-    CALIBRATION_PNG,
     CSV_FILE,
-    CURVES_PNG,
     EVAL_SEED,
     EXTRA_BASELINES,
     LABELS,
@@ -47,86 +44,6 @@ def summarise(rows: list[dict[str, str]]) -> dict[tuple[str, str], np.ndarray]:
 
 def _cell(values: np.ndarray | None) -> str:
     return MISSING if values is None else f"{values.mean():.1f} ± {values.std():.1f} (n={len(values)})"
-
-
-def plot_curves(rows: list[dict[str, str]], datasets: list[str], methods: list[str], out: Path) -> Path:
-    """Normalised score vs gradient steps: mean ± std over seeds, one panel per dataset."""
-    fig, axes = _panels(len(datasets), 4)
-    colors = dict(zip(methods, _colors()))
-    for ax, name in zip(axes, datasets):
-        for method in methods:
-            curves = [np.array(_pairs(r["curve"])) for r in rows if r["dataset"] == name and r["method"] == method]
-            if curves:
-                plot_seeds(
-                    ax, [(c[:, 0], c[:, 1]) for c in curves], f"{LABELS[method]}, {len(curves)} seeds", colors[method]
-                )
-        _label(ax, name, "gradient step", "normalised score")
-    fig.tight_layout()
-    return save_figure(fig, out / CURVES_PNG, dpi=110)
-
-
-def plot_calibration(rows: list[dict[str, str]], datasets: list[str], out: Path) -> Path | None:
-    """DT's achieved return against its target (mean ± std over seeds), y = x and the dataset's best return."""
-    names = [d for d in datasets if any(r["dataset"] == d and r["calibration"] for r in rows)]
-    if not names:
-        return None
-    fig, axes = _panels(len(names), 4.5)
-    for ax, name in zip(axes, names):
-        sweeps = [
-            (np.array(_pairs(r["calibration"])), float(r["dataset_best_return"]))
-            for r in rows
-            if r["dataset"] == name and r["calibration"]
-        ]
-        targets = sweeps[0][0][:, 0]
-        achieved = np.stack([s[:, 1] for s, _ in sweeps])
-        ax.errorbar(
-            targets,
-            achieved.mean(axis=0),
-            yerr=achieved.std(axis=0),
-            marker="o",
-            capsize=3,
-            label=f"DT ({len(sweeps)} seeds)",
-        )
-        top = max(targets.max(), achieved.max())
-        ax.plot([0, top], [0, top], "k--", linewidth=1, label="achieved = target")
-        best = sweeps[0][1]
-        ax.axvline(best, color="tab:red", linestyle=":", label=f"best return in dataset ({best:.0f})")
-        ax.axhline(best, color="tab:red", linestyle=":")
-        _label(ax, name, "target return", "achieved return")
-    fig.tight_layout()
-    return save_figure(fig, out / CALIBRATION_PNG, dpi=110)
-
-
-def _panels(count: int, height: float, columns: int = 3) -> tuple[Any, list[Any]]:
-    """One panel per dataset, ``columns`` to a row (an env's three datasets side by side); unused ones hidden."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = -(-count // columns)
-    cols = min(count, columns)
-    fig, axes = plt.subplots(rows, cols, figsize=(5.5 * cols, height * rows), squeeze=False)
-    flat = list(axes.flat)
-    for ax in flat[count:]:
-        ax.set_visible(False)
-    return fig, flat[:count]
-
-
-def _label(ax: Any, title: str, xlabel: str, ylabel: str) -> None:
-    """The finish every panel of the report shares: title, axis labels, light grid, small legend."""
-    ax.set_title(title)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-
-
-def _colors() -> list[str]:
-    """Matplotlib's colour cycle, repeated: one colour per method across every panel."""
-    import matplotlib.pyplot as plt
-
-    return plt.rcParams["axes.prop_cycle"].by_key()["color"] * 3
 
 
 def targets_met(
@@ -163,6 +80,96 @@ def targets_met(
             f"{mean[below][0]:.0f} at target {sweeps[0][0, 0]:.0f}, {mean[below][-1]:.0f} at target "
             f"{sweeps[0][below][-1, 0]:.0f} (change {mean[below][-1] - mean[below][0]:+.0f}; correlation {rising:.2f})"
         )
+    return lines
+
+
+def best_during_training(rows: list[dict[str, str]], datasets: list[str], methods: list[str]) -> list[str]:
+    """The best point of each run's curve, mean ± std over seeds: context, not the headline."""
+    best = {}
+    for r in rows:
+        best.setdefault((r["dataset"], r["method"]), []).append(max(p[1] for p in _pairs(r["curve"])))
+    lines = [
+        "## Best during training (not the headline)",
+        "",
+        "The highest score among each run's evaluation points, mean ± std over seeds. Picking a checkpoint by its "
+        "score on the evaluation episodes flatters every method; the table above (the last step) is the result.",
+        "",
+        "| dataset | " + " | ".join(LABELS[m] for m in methods) + " |",
+        "|---|" + "---|" * len(methods),
+    ]
+    for name in datasets:
+        cells = [_cell(np.array(best[(name, m)]) if (name, m) in best else None) for m in methods]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def plateau(curves: list[list[list[float]]]) -> tuple[float, float] | None:
+    """Issue 17's test that training has flattened: the mean change of the score over the last third of the
+    steps (the curve point nearest two thirds of the way, to the end) and the seed-to-seed std of the final score."""
+    if len(curves) < 2:
+        return None
+    changes = []
+    for curve in curves:
+        steps = np.array([p[0] for p in curve])
+        at = int(np.argmin(np.abs(steps - steps[-1] * 2 / 3)))
+        changes.append(curve[-1][1] - curve[at][1])
+    return float(np.mean(changes)), float(np.std([c[-1][1] for c in curves]))
+
+
+def plateau_table(rows: list[dict[str, str]], datasets: list[str], methods: list[str]) -> list[str]:
+    """Per dataset and method: the last third's change against the seeds' spread, and whether it is smaller."""
+    offline = [m for m in methods if m != ODT_ONLINE]  # its curve is in environment steps, two points
+    lines = [
+        "## Has training flattened?",
+        "",
+        "Change of the normalised score over the last third of training (mean over seeds) / std of the final score "
+        "over seeds; **flat** when the change is smaller than the spread (issue 17's test), **rising** or "
+        "**falling** otherwise.",
+        "",
+        "| dataset | " + " | ".join(LABELS[m] for m in offline) + " |",
+        "|---|" + "---|" * len(offline),
+    ]
+    for name in datasets:
+        cells = []
+        for m in offline:
+            result = plateau([_pairs(r["curve"]) for r in rows if r["dataset"] == name and r["method"] == m])
+            if result is None:
+                cells.append(MISSING)
+                continue
+            change, spread = result
+            word = "flat" if abs(change) < spread else "rising" if change > 0 else "falling"
+            cells.append(f"{change:+.1f} / {spread:.1f} **{word}**")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def fidelity(rows: list[dict[str, str]], datasets: list[str]) -> list[str]:
+    """dtrl's DT against d3rlpy's DT given the same recipe: scores and training time, where both ran."""
+    names = [d for d in datasets if any(r["dataset"] == d and r["method"] == "dt-d3rlpy" for r in rows)]
+    if not names:
+        return []
+    lines = [
+        "",
+        "## Fidelity: dtrl's DT and d3rlpy's DT, one recipe",
+        "",
+        "d3rlpy 2.x's `DecisionTransformer` given `dt`'s recipe at this budget (`d3rlpy_adapter.make_dt`: K, depth, "
+        "width, heads, dropout, batch, AdamW, dtrl's learning-rate schedule function, return scale, state "
+        "standardisation), conditioned on the same target and evaluated on the same episodes. Training time alone "
+        "(`train_s`), both measured by the same command on the same machine.",
+        "",
+        "| dataset | DT (dtrl) | DT (d3rlpy) | training s (dtrl) | training s (d3rlpy) | d3rlpy / dtrl time |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name in names:
+        cells, times = [], []
+        for m in ("dt", "dt-d3rlpy"):
+            mine = [r for r in rows if r["dataset"] == name and r["method"] == m]
+            cells.append(_cell(np.array([float(r["score_mean"]) for r in mine]) if mine else None))
+            seconds = [float(r["train_s"]) for r in mine if r.get("train_s")]
+            times.append(float(np.mean(seconds)) if seconds else None)
+        ratio = f"{times[1] / times[0]:.2f}" if None not in times else MISSING
+        shown = [MISSING if t is None else f"{t:.0f}" for t in times]
+        lines.append(f"| {name} | {cells[0]} | {cells[1]} | {shown[0]} | {shown[1]} | {ratio} |")
     return lines
 
 
@@ -293,6 +300,8 @@ def report(out: Path) -> Path:
         lines.append(f"| {name} | " + " | ".join(_cell(scores.get((name, m))) for m in methods) + " |")
     averages = [_average(scores, datasets, m) for m in methods]
     lines.append("| **average** | " + " | ".join(MISSING if a is None else f"**{a:.1f}**" for a in averages) + " |")
+    lines += ["", *best_during_training(rows, datasets, methods), "", *plateau_table(rows, datasets, methods)]
+    lines += fidelity(rows, datasets)
     lines += [
         "",
         "## Published numbers, for context only",
@@ -367,6 +376,13 @@ def report(out: Path) -> Path:
     for name in datasets:
         cells = [[float(r["train_eval_s"]) for r in rows if r["dataset"] == name and r["method"] == m] for m in methods]
         lines.append(f"| {name} | " + " | ".join(f"{np.mean(c):.0f}" if c else MISSING for c in cells) + " |")
+    total = {m: sum(float(r["train_eval_s"]) for r in rows if r["method"] == m) for m in methods}
+    lines += [
+        "",
+        "Compute of the rows shown (each cell's wall time, summed; hours): "
+        + ", ".join(f"{LABELS[m]} {total[m] / 3600:.1f}" for m in methods)
+        + f"; in all {sum(total.values()) / 3600:.1f}.",
+    ]
     lines += ["", "## Runs (command, machine, versions, load)", ""]
     log = out / RUNS_LOG
     for entry in [json.loads(x) for x in log.read_text().splitlines() if x.strip()] if log.is_file() else []:

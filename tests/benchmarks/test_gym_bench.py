@@ -294,4 +294,17 @@ def test_d3rlpy_dt_takes_dtrls_recipe_and_runs_the_same_protocol(
     for r in rows.values():
         assert int(r["episodes"]) == 3 and float(r["train_s"]) > 0  # the last point's episodes; training timed
         assert [p[0] for p in proto._pairs(r["curve"])] == [4.0, 8.0]
-    assert "DT (d3rlpy)" in (out / "gym.md").read_text()
+    text = (out / "gym.md").read_text()
+    assert "## Fidelity: dtrl's DT and d3rlpy's DT, one recipe" in text and "| pendulum-tiny | " in text
+
+
+def test_plateau_compares_the_last_thirds_change_with_the_seeds_spread() -> None:
+    from gym_report import plateau
+
+    rising = [[[100, 10.0], [200, 20.0], [300, 40.0]], [[100, 12.0], [200, 22.0], [300, 42.0]]]
+    change, spread = plateau(rising)  # the point nearest 2/3 of 300 steps is step 200
+    assert change == pytest.approx(20.0) and spread == pytest.approx(1.0)
+    flat = [[[100, 10.0], [200, 30.0], [300, 31.0]], [[100, 12.0], [200, 20.0], [300, 19.0]]]
+    change, spread = plateau(flat)
+    assert change == pytest.approx(0.0) and spread == pytest.approx(6.0)
+    assert plateau(rising[:1]) is None  # one seed has no spread
