@@ -21,7 +21,7 @@ def result(target: float, returns: list[float]) -> EvalResult:
 
 
 def test_targets_sweep_from_a_quarter_of_the_best_to_the_best() -> None:
-    assert quickstart_targets(np.array([10.0, 3412.0, 900.0])) == [900.0, 1700.0, 2600.0, 3400.0]
+    assert quickstart_targets(np.array([10.0, 3412.0, 900.0])) == [900.0, 1400.0, 2100.0, 3400.0]
     assert len(quickstart_targets(np.array([4000.0]), points=6)) == 6
 
 

@@ -34,15 +34,16 @@ from dtrl.runfiles import CALIBRATION_FILE, QUICKSTART_FILE, RUN_CONFIG_FILE, RU
 
 CONFIG = Path(str(files("dtrl") / "configs" / "quickstart.yaml"))
 TARGET_POINTS = 4
-"""Targets in the sweep, evenly from a quarter of the dataset's best return up to the best."""
+"""Targets in the sweep, from a quarter of the dataset's best return up to the best at equal ratios:
+the achieved return flattens towards the best, so even steps would put the top two on the plateau."""
 RISE_IN_ERRORS = 2.0
 """The highest target's mean must exceed the lowest's by this many standard errors of their difference."""
 
 
 def quickstart_targets(returns: np.ndarray, points: int = TARGET_POINTS) -> list[float]:
-    """``points`` targets from a quarter of the dataset's best return to the best, rounded to 100."""
+    """``points`` targets from a quarter of the dataset's best return to the best at equal ratios, rounded to 100."""
     best = float(returns.max())
-    return [float(round(t, -2)) for t in np.linspace(0.25 * best, best, points)]
+    return [float(round(t, -2)) for t in np.geomspace(0.25 * best, best, points)]
 
 
 def standard_error(returns: np.ndarray) -> float:
