@@ -33,6 +33,7 @@ from dtrl.config import load_config
 from dtrl.data.episodes import EpisodeDataset
 from dtrl.envs import atari
 from dtrl.evaluate import evaluate, evaluate_random
+from dtrl.io import write_json
 from dtrl.policy import DecisionTransformerPolicy
 from dtrl.train import train
 
@@ -64,7 +65,9 @@ def main() -> None:
     p.add_argument("--max-episode-steps", type=int, default=atari.MAX_EPISODE_STEPS)
     p.add_argument("--work-dir", type=Path, default=Path("runs/atari-bench"))
     p.add_argument("--out-name", default="atari", help="results/<name>.json")
-    p.add_argument("--reuse-runs", action="store_true", help="keep finished runs (with eval.json) in --work-dir")
+    p.add_argument(
+        "--reuse-runs", action="store_true", help="keep finished runs (eval.json) and cells (row.json) in --work-dir"
+    )
     p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="more config overrides, for every run")
     args = p.parse_args()
     torch.set_num_threads(1)
@@ -118,6 +121,10 @@ def main() -> None:
             if args.context_length:
                 overrides.append(f"model.context_length={args.context_length}")
             overrides += args.set
+            if args.reuse_runs and (run_dir / "row.json").is_file():  # a finished cell: both evaluations done
+                rows.append(json.loads((run_dir / "row.json").read_text()) | {"reused": True})
+                print(rows[-1])
+                continue
             row: dict = {"method": method, "seed": seed, "target_return": target}
             t1 = time.perf_counter()
             if not (args.reuse_runs and (run_dir / "eval.json").is_file()):
@@ -139,6 +146,7 @@ def main() -> None:
             )
             row["sampled"] = summary(res.returns, res.lengths, env_id) | {"wall_s": round(time.perf_counter() - t2, 1)}
             rows.append(row)
+            write_json(run_dir / "row.json", row)
             print(row)
     rand = evaluate_random(env_id, args.episodes, seed=0, max_episode_steps=args.max_episode_steps)
     out["random"] = summary(rand.returns, rand.lengths, env_id)

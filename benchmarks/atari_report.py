@@ -100,7 +100,7 @@ def main() -> None:
     print()
     for game, result in results.items():
         walls = [r["train_and_eval_wall_s"] for r in result["runs"] if "train_and_eval_wall_s" in r]
-        reused = len(result["runs"]) - len(walls)
+        reused = sum(r.get("reused", "train_and_eval_wall_s" not in r) for r in result["runs"])
         span = f"training + evaluation {min(walls):.0f}-{max(walls):.0f} s per run, " if walls else ""
         if reused:
             span += f"{reused} of {len(result['runs'])} runs reused from an earlier call (`--reuse-runs`), "
