@@ -79,7 +79,7 @@ def paired_differences(result: dict) -> np.ndarray:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--games", nargs="+", default=list(GAMES), choices=GAMES)
-    p.add_argument("--suffix", default="", help="results/atari_<game><suffix>.json")
+    p.add_argument("--suffix", default="_mingpt", help="results/atari_<game><suffix>.json")
     args = p.parse_args()
     results = {g: json.loads((RESULTS / f"atari_{g}{args.suffix}.json").read_text()) for g in args.games}
     print(
