@@ -104,6 +104,10 @@ def main() -> None:
     for seed in args.seeds:
         for method, conditioned in (("DT", True), ("BC", False)):
             run_dir = args.work_dir / f"{method.lower()}-seed{seed}"
+            if args.reuse_runs and (run_dir / "row.json").is_file():  # a finished cell: both evaluations done
+                rows.append(json.loads((run_dir / "row.json").read_text()) | {"reused": True})
+                print(rows[-1])
+                continue
             overrides = [
                 f"dataset={path}",
                 f"out_dir={run_dir}",
@@ -121,10 +125,6 @@ def main() -> None:
             if args.context_length:
                 overrides.append(f"model.context_length={args.context_length}")
             overrides += args.set
-            if args.reuse_runs and (run_dir / "row.json").is_file():  # a finished cell: both evaluations done
-                rows.append(json.loads((run_dir / "row.json").read_text()) | {"reused": True})
-                print(rows[-1])
-                continue
             row: dict = {"method": method, "seed": seed, "target_return": target}
             t1 = time.perf_counter()
             if not (args.reuse_runs and (run_dir / "eval.json").is_file()):
