@@ -103,9 +103,7 @@ def main() -> None:
         reused = sum(r.get("reused", "train_and_eval_wall_s" not in r) for r in result["runs"])
         span = f"training + evaluation {min(walls):.0f}-{max(walls):.0f} s per run, " if walls else ""
         if reused:
-            span += (
-                f"{reused} of {len(result['runs'])} runs reused from another call of the same command (`--reuse-runs`), "
-            )
+            span += f"{reused} of {len(result['runs'])} runs reused from another call of the same command (`--reuse-runs`), "
         print(
             f"* {game.capitalize()}: `{result['command']}` ({result['date']}; {span}{result['total_wall_s']:.0f} s "
             f"in all; load average {result.get('load_average_1_5_15min')})"
